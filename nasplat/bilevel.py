@@ -1,0 +1,131 @@
+"""The DARTS bi-level optimiser (Liu et al. 2019, eqs. 5-8), for any :class:`Supernet`.
+
+Each step first updates the architecture on a batch of split B, then the weights on a batch of
+split A, as the official ``architect.py`` does. The second-order architecture gradient unrolls one
+SGD step (with the optimiser's momentum and weight decay) and replaces the Hessian-vector product
+by a central finite difference with epsilon = 0.01 / ||grad_w' L_val(w', alpha)||.
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from nasplat.distributed import average_
+from nasplat.space import ARCH_PREFIX, Supernet
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+FD_SCALE = 0.01
+
+
+class BilevelOptimizer:
+    """Alternates architecture and weight steps; ``order`` is 1 (first order) or 2 (unrolled)."""
+
+    def __init__(
+        self,
+        model: Supernet,
+        weight_optimizer: torch.optim.SGD,
+        arch_optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        order: Literal[1, 2] = 1,
+        grad_clip: float | None = 5.0,
+    ) -> None:
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        self.model = model
+        self.weight_optimizer = weight_optimizer
+        self.arch_optimizer = arch_optimizer
+        self.loss_fn = loss_fn
+        self.order = order
+        self.grad_clip = grad_clip
+        self.weight_names = [n for n, _ in model.named_weight_parameters()]
+        self.weights = [p for _, p in model.named_weight_parameters()]
+        self.arch_names = [ARCH_PREFIX + n for n in model.arch_parameters()]
+        self.arch = list(model.arch_parameters().values())
+
+    def step(self, batch_a: Batch, batch_b: Batch, update_arch: bool = True) -> dict[str, float]:
+        """One search iteration: arch step on ``batch_b`` (if ``update_arch``), weight step on ``batch_a``."""
+        stats: dict[str, float] = {}
+        if update_arch:
+            stats["arch_loss"] = self.arch_step(batch_a, batch_b)
+        stats["train_loss"] = self.weight_step(batch_a)
+        return stats
+
+    def arch_step(self, batch_a: Batch, batch_b: Batch) -> float:
+        grads, val_loss = self.architecture_gradient(batch_a, batch_b)
+        for param, grad in zip(self.arch, grads):
+            param.grad = grad
+        self.arch_optimizer.step()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        return val_loss
+
+    def weight_step(self, batch_a: Batch) -> float:
+        loss = self.loss_fn(self.model(batch_a[0]), batch_a[1])
+        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.weights, grads)]
+        average_(grads)
+        for param, grad in zip(self.weights, grads):
+            param.grad = grad
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.weight_optimizer.step()
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    def architecture_gradient(self, batch_a: Batch, batch_b: Batch) -> tuple[list[torch.Tensor], float]:
+        """Gradient of the validation loss w.r.t. every arch parameter, averaged over workers."""
+        if self.order == 1:
+            loss = self.loss_fn(self.model(batch_b[0]), batch_b[1])
+            grads = list(torch.autograd.grad(loss, self.arch))
+            average_(grads)
+            return grads, float(loss.detach())
+        return self._second_order_gradient(batch_a, batch_b)
+
+    # --- second order -------------------------------------------------------------------
+    def _loss_at(self, weights: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+        params = dict(zip(self.weight_names, weights))
+        params.update(zip(self.arch_names, self.arch))
+        return self.loss_fn(functional_call(self.model, params, (batch[0],)), batch[1])
+
+    def _unrolled_weights(self, batch_a: Batch) -> tuple[list[torch.Tensor], float]:
+        """w' = w - xi * (momentum * buf + grad_w L_train + wd * w), xi the current weight lr."""
+        group = self.weight_optimizer.param_groups[0]
+        lr, momentum, decay = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        loss = self._loss_at(self.weights, batch_a)
+        grads = list(torch.autograd.grad(loss, self.weights, allow_unused=True))
+        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads)]
+        average_(grads)
+        unrolled = []
+        with torch.no_grad():
+            for w, g in zip(self.weights, grads):
+                buf = self.weight_optimizer.state.get(w, {}).get("momentum_buffer")
+                direction = g + decay * w + (momentum * buf if buf is not None else 0.0)
+                unrolled.append((w - lr * direction).requires_grad_(True))
+        return unrolled, lr
+
+    def _second_order_gradient(self, batch_a: Batch, batch_b: Batch) -> tuple[list[torch.Tensor], float]:
+        unrolled, lr = self._unrolled_weights(batch_a)
+        val_loss = self._loss_at(unrolled, batch_b)
+        grads = torch.autograd.grad(val_loss, self.arch + unrolled, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(self.arch + unrolled, grads)]
+        average_(grads)
+        arch_grads, vector = grads[: len(self.arch)], grads[len(self.arch) :]
+        hessian_vector = self._finite_difference_hvp(vector, batch_a)
+        return [g - lr * h for g, h in zip(arch_grads, hessian_vector)], float(val_loss.detach())
+
+    def _finite_difference_hvp(self, vector: list[torch.Tensor], batch_a: Batch) -> list[torch.Tensor]:
+        """(grad_a L_train(w+) - grad_a L_train(w-)) / (2 eps), w+- = w +- eps * vector (w, not w')."""
+        norm = torch.sqrt(sum((v * v).sum() for v in vector))
+        eps = FD_SCALE / norm.clamp_min(1e-12)
+        sides = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                shifted = [w + sign * eps * v for w, v in zip(self.weights, vector)]
+            loss = self._loss_at(shifted, batch_a)
+            grads = list(torch.autograd.grad(loss, self.arch))
+            average_(grads)
+            sides.append(grads)
+        return [(plus - minus) / (2 * eps) for plus, minus in zip(*sides)]

@@ -1,0 +1,136 @@
+"""Cell DAGs shared by cell-based spaces: edge order, the DARTS decode rule, mixed and discrete cells.
+
+A cell has ``num_inputs`` input states (0 = the cell k-2 output, 1 = the cell k-1 output) and
+``num_nodes`` intermediate nodes; node i sums one edge from every earlier state, so node i has
+``num_inputs + i`` incoming edges. Edges are ordered node-major, then by source state, as in the
+official DARTS code (rows 0, 2, 5, 9 start nodes 0..3 of a 4-node cell).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasplat.ops import MixedOp, build_op
+
+OpChoice = tuple[str, int]
+
+
+def cell_edges(num_nodes: int, num_inputs: int = 2) -> list[tuple[int, int]]:
+    """(node, source state) of every edge, in the official row order of the alpha matrix."""
+    return [(node, source) for node in range(num_nodes) for source in range(num_inputs + node)]
+
+
+def decode_cell(
+    alpha: torch.Tensor,
+    ops: Sequence[str],
+    num_nodes: int,
+    num_inputs: int = 2,
+    keep: int = 2,
+    excluded: Sequence[str] = ("none",),
+) -> list[OpChoice]:
+    """The DARTS decode rule (quark0/darts ``Network.genotype``) on raw alpha logits.
+
+    Row softmax; an edge's strength is its largest probability among ops not in ``excluded``;
+    each node keeps its ``keep`` strongest incoming edges (stable: ties go to the lower source,
+    the stronger edge is listed first), each with its strongest allowed op (ties: lower index).
+    Returns ``keep`` (op, source) pairs per node, node-major.
+    """
+    edges = cell_edges(num_nodes, num_inputs)
+    if tuple(alpha.shape) != (len(edges), len(ops)):
+        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(len(edges), len(ops))}")
+    probs = torch.softmax(alpha.detach().double().cpu(), dim=-1)
+    allowed = [k for k, name in enumerate(ops) if name not in excluded]
+    if not allowed:
+        raise ValueError(f"every op is excluded from decoding: {list(ops)}")
+    choices: list[OpChoice] = []
+    row = 0
+    for node in range(num_nodes):
+        fan_in = num_inputs + node
+        node_probs = probs[row : row + fan_in][:, allowed]
+        row += fan_in
+        strengths = node_probs.max(dim=1).values.tolist()
+        ranked = sorted(range(fan_in), key=lambda source: -strengths[source])
+        for source in ranked[:keep]:
+            row_probs = node_probs[source].tolist()
+            best = max(range(len(allowed)), key=lambda k: (row_probs[k], -k))
+            choices.append((ops[allowed[best]], source))
+    return choices
+
+
+class MixedCell(nn.Module):
+    """The searchable DAG: every edge is a :class:`MixedOp` over ``ops``.
+
+    Edges leaving the cell inputs use ``input_stride`` (2 in a reduction cell).
+    """
+
+    def __init__(self, C: int, num_nodes: int, ops: Sequence[str], num_inputs: int = 2, input_stride: int = 1) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.num_inputs = num_inputs
+        self.edges = nn.ModuleList(
+            MixedOp(C, input_stride if source < num_inputs else 1, ops)
+            for _, source in cell_edges(num_nodes, num_inputs)
+        )
+
+    def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+        """Return every state (inputs first, then nodes); ``weights`` is [edges, ops], softmaxed."""
+        states = list(inputs)
+        edge = 0
+        for _ in range(self.num_nodes):
+            total = 0
+            for source in range(len(states)):
+                total = total + self.edges[edge](states[source], weights[edge])
+                edge += 1
+            states.append(total)
+        return states
+
+
+class DiscreteCell(nn.Module):
+    """The DAG a genotype describes: node k sums the ops of pairs 2k and 2k+1 (for ``keep=2``)."""
+
+    def __init__(
+        self,
+        C: int,
+        choices: Sequence[OpChoice],
+        num_inputs: int = 2,
+        input_stride: int = 1,
+        keep: int = 2,
+        op_builder=build_op,
+    ) -> None:
+        super().__init__()
+        if len(choices) % keep:
+            raise ValueError(f"{len(choices)} op choices is not a multiple of {keep} per node")
+        self.keep = keep
+        self.sources = [source for _, source in choices]
+        self.edges = nn.ModuleList(
+            op_builder(op, C, input_stride if source < num_inputs else 1)
+            for op, source in choices
+        )
+
+    def forward(self, inputs: Sequence[torch.Tensor], drop_path: float = 0.0) -> list[torch.Tensor]:
+        states = list(inputs)
+        for first in range(0, len(self.edges), self.keep):
+            total = 0
+            for edge in range(first, first + self.keep):
+                out = self.edges[edge](states[self.sources[edge]])
+                if drop_path > 0.0 and self.training and not isinstance(self.edges[edge], nn.Identity):
+                    out = _drop_path(out, drop_path)
+                total = total + out
+            states.append(total)
+        return states
+
+
+def _drop_path(x: torch.Tensor, rate: float) -> torch.Tensor:
+    keep = 1.0 - rate
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask / keep
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of logits/features to ``size`` (no-op when already that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,1 @@
+"""Ray-side code: the Train worker loops and resource planning."""

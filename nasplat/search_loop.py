@@ -1,0 +1,169 @@
+"""One worker's share of a supernet search, in plain PyTorch (no Ray, no MLflow).
+
+:class:`SupernetSearch` owns the supernet, both optimisers, the schedule and the data shards of
+this worker; it trains one epoch at a time, evaluates mIoU (confusion matrices summed across
+workers), decodes the genotype and saves/restores everything needed to resume.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from nasplat.bilevel import BilevelOptimizer
+from nasplat.config import SearchConfig
+from nasplat.data.sources import SearchData, search_data
+from nasplat.distributed import average_buffers_, broadcast_module_, rank, world_size
+from nasplat.genotype import Genotype
+from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.space import get_space
+
+CHECKPOINT_FILE = "search_state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def architecture_entropy(arch: dict[str, torch.Tensor]) -> float:
+    """Mean entropy (nats) of the softmax over the last dimension of every arch parameter."""
+    values = []
+    for alpha in arch.values():
+        probs = torch.softmax(alpha.detach().float(), dim=-1)
+        values.append(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+    return float(torch.stack(values).mean())
+
+
+class SupernetSearch:
+    """Bi-level search of one supernet on this worker's shards of splits A, B and val."""
+
+    def __init__(self, config: SearchConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        seed_everything(config.seed)
+        self.space = get_space(config.space)
+        self.data: SearchData = search_data(
+            config.dataset, config.image_size, config.train_samples, config.val_samples, config.seed
+        )
+        self.model = self.space.supernet(num_classes=self.data.num_classes, **config.space_options).to(self.device)
+        broadcast_module_(self.model)
+        self.weight_optimizer = torch.optim.SGD(
+            self.model.weight_parameters(), lr=config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.weight_optimizer, T_max=config.epochs, eta_min=config.w_lr_min
+        )
+        self.arch_optimizer = torch.optim.Adam(
+            list(self.model.arch_parameters().values()), lr=config.arch_lr,
+            betas=(config.arch_beta1, config.arch_beta2), weight_decay=config.arch_weight_decay,
+        )
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.bilevel = BilevelOptimizer(
+            self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn, order=config.order, grad_clip=config.grad_clip
+        )
+        self.loaders = {name: self._loader(getattr(self.data, name), shuffle=name != "val") for name in ("train_a", "train_b", "val")}
+        self.epoch = 0
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size(), rank=rank(), shuffle=shuffle, seed=self.config.seed, drop_last=shuffle
+        )
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=shuffle)
+
+    @property
+    def arch_updates_active(self) -> bool:
+        return self.epoch >= self.config.warmup_epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over split A, pairing each batch with a fresh batch of split B."""
+        self.model.train()
+        for name in ("train_a", "train_b"):
+            self.loaders[name].sampler.set_epoch(self.epoch)
+        started, samples = time.perf_counter(), 0
+        totals = {"train_loss": 0.0, "arch_loss": 0.0}
+        steps = 0
+        lr = self.weight_optimizer.param_groups[0]["lr"]
+        for batch_a, batch_b in zip(self.loaders["train_a"], self.loaders["train_b"]):
+            batch_a = tuple(t.to(self.device) for t in batch_a)
+            batch_b = tuple(t.to(self.device) for t in batch_b)
+            stats = self.bilevel.step(batch_a, batch_b, update_arch=self.arch_updates_active)
+            for key, value in stats.items():
+                totals[key] += value
+            steps += 1
+            samples += batch_a[0].shape[0]
+        self.scheduler.step()
+        elapsed = time.perf_counter() - started
+        result = {"train_loss": totals["train_loss"] / max(steps, 1), "w_lr": lr, "epoch_time_s": elapsed,
+                  "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
+        if self.arch_updates_active:
+            result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
+        self.epoch += 1
+        return result
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Validation loss and mIoU over the whole val split (all workers' shards)."""
+        average_buffers_(self.model)
+        self.model.eval()
+        matrix = ConfusionMatrix(self.data.num_classes)
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        for images, masks in self.loaders["val"]:
+            logits = self.model(images.to(self.device))
+            masks = masks.to(self.device)
+            loss_sum += torch.tensor([float(self.loss_fn(logits, masks)) * images.shape[0], images.shape[0]], dtype=torch.float64)
+            matrix.update(logits.argmax(1), masks)
+        matrix.all_reduce()
+        if world_size() > 1:
+            torch.distributed.all_reduce(loss_sum)
+        iou = matrix.iou()
+        return {
+            "val_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
+            "val_miou": matrix.miou(),
+            "val_pixel_acc": matrix.pixel_accuracy(),
+            "val_iou": {name: float(v) for name, v in zip(self.data.class_names, iou)},
+        }
+
+    def genotype(self) -> Genotype:
+        return self.space.decode(self.model.arch_parameters())
+
+    def arch_entropy(self) -> float:
+        return architecture_entropy(self.model.arch_parameters())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / CHECKPOINT_FILE
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    def restore(self, directory: str | Path) -> None:
+        path = Path(directory) / CHECKPOINT_FILE
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

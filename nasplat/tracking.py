@@ -1,0 +1,114 @@
+"""MLflow tracking: resolving the store, experiments with absolute artifact roots, run logging.
+
+Everything goes through ``MlflowClient`` with explicit run ids, so a Ray worker in any working
+directory logs to the run the driver created.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None) -> str:
+    """Default ``sqlite:///<cwd>/mlflow.db``; relative SQLite paths become absolute."""
+    base = Path(base_dir or Path.cwd()).resolve()
+    if uri is None or uri == "":
+        return f"sqlite:///{base / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve()}"
+    if "://" not in uri and ":" not in uri[:2]:
+        path = (base / uri).resolve()
+        db = path if path.suffix == ".db" else path / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+    return uri
+
+
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """For a local SQLite store, an absolute ``mlartifacts`` folder beside the database."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith("sqlite:///"):
+        root = local_artifact_root(tracking_uri)
+        return f"mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {root} --host 127.0.0.1 --port 5000"
+    return f"open {tracking_uri} in a browser"
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings become dotted keys (``space_options.C``)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunLogger:
+    """Writes to one existing MLflow run; safe to construct in any process."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        existing = self.client.get_run(self.run_id).data.params
+        items = [
+            Param(key, str(value)[:MAX_PARAM_LENGTH])
+            for key, value in flatten(params).items()
+            if key not in existing
+        ]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(key, float(value), now, step)
+            for key, value in flatten(metrics).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(data, indent=2) + "\n", artifact_file)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of a run carrying all ``tags`` (used to reattach to a run on resume)."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None

@@ -1,0 +1,127 @@
+"""The ``nasplat`` command line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, Sequence
+
+import yaml
+
+from nasplat.config import ConfigError, SearchConfig, load_config_file
+
+SEARCH_HELP: dict[str, str] = {
+    "space": "search space: a registered name (darts), or FILE.py:NAME / package.module:NAME for your own",
+    "dataset": "dataset to search on (synthetic: built in, nothing to download)",
+    "image_size": "square crop size in pixels of the search images",
+    "train_samples": "number of training samples, split into two disjoint halves A (weights) and B (architecture)",
+    "val_samples": "number of validation samples for mIoU",
+    "epochs": "search epochs",
+    "batch_size": "batch size per worker",
+    "workers": "Ray Train workers (DDP) per trial",
+    "cpus_per_worker": "CPUs reserved per worker (default: up to 1, sized to the cluster)",
+    "gpus_per_worker": "GPUs per worker (0 = CPU only)",
+    "trials": "Tune trials (different seeds; ASHA stops weak ones when > 1)",
+    "order": "1 = first-order DARTS, 2 = second-order (unrolled) architecture gradient",
+    "seed": "random seed (data, initialisation, sampling)",
+    "warmup_epochs": "epochs that train weights only before architecture updates start",
+    "w_lr": "weight SGD learning rate (cosine schedule)",
+    "w_lr_min": "final weight learning rate of the cosine schedule",
+    "w_momentum": "weight SGD momentum",
+    "w_weight_decay": "weight SGD weight decay",
+    "grad_clip": "weight gradient norm clip",
+    "arch_lr": "architecture Adam learning rate (DARTS: 3e-4)",
+    "arch_weight_decay": "architecture Adam weight decay (DARTS: 1e-3)",
+    "arch_beta1": "architecture Adam beta1 (DARTS: 0.5)",
+    "arch_beta2": "architecture Adam beta2",
+    "space_options": "supernet size options as KEY=VALUE, repeatable (darts: C, layers, reductions, stem_stride)",
+    "storage": "directory for checkpoints and run folders (made absolute)",
+    "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
+    "experiment": "MLflow experiment name",
+    "name": "run name; re-running with the same name resumes that search",
+    "address": "Ray cluster address (default: start a local Ray instance)",
+    "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
+}
+
+
+def _parse_space_options(items: Sequence[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--space-option expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def _add_search_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search", help="run an architecture search (defaults: DARTS on synthetic data, local Ray, local MLflow)",
+        description="Run a supernet search as a Ray Tune experiment of Ray Train trials, tracked in MLflow. "
+        "Every option can also be set in a YAML file passed with --config (keys = option names with "
+        "underscores); command-line flags win over the file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file of options")
+    defaults = SearchConfig()
+    for field in dataclasses.fields(SearchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if field.name == "space_options":
+            parser.add_argument("--space-option", dest="space_options", action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS, help=f"{SEARCH_HELP[field.name]} (default: {default})")
+            continue
+        kind = type(default) if default is not None else (float if field.name == "cpus_per_worker" else str)
+        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS,
+                            help=f"{SEARCH_HELP[field.name]} (default: {default})")
+
+
+def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
+    values: dict[str, Any] = {}
+    source = "command line"
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+        source = args.config
+    flags = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
+    if "space_options" in flags:
+        flags["space_options"] = {**values.get("space_options", SearchConfig().space_options),
+                                  **_parse_space_options(flags["space_options"])}
+    values.update(flags)
+    return SearchConfig.from_dict(values, source=source)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nasplat", description="Distributed NAS for semantic segmentation.")
+    subparsers = parser.add_subparsers(dest="command", required=False)
+    _add_search_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command == "search":
+            from pipelines.search import print_outcome, run_search
+
+            config = search_config_from_args(args)
+            print_outcome(run_search(config, argv=["nasplat", *argv]))
+    except (ConfigError, FileNotFoundError, KeyError) as err:
+        print(f"nasplat: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the resource planner's and Ray's errors end up here
+        from nasplat.runtime.resources import ResourceError
+
+        if isinstance(err, ResourceError):
+            print(f"nasplat: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""`nasplat search`: a Ray Tune experiment whose trials each run a Ray Train supernet search.
+
+The driver resolves paths (absolute: Ray workers run in other directories), starts or joins Ray,
+plans resources up front, opens a parent MLflow run, and lets Tune run the trials. Each trial
+opens a child run and drives a ``TorchTrainer`` of ``config.workers`` DDP workers over gloo
+(or NCCL with GPUs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from mlflow.tracking import MlflowClient
+
+import nasplat
+from nasplat.config import SearchConfig
+from nasplat.genotype import genotype_from_dict
+from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
+from nasplat.space import get_space, import_space_source, resolve_space_spec
+from nasplat.tracking import PARENT_TAG, RunLogger, ensure_experiment, find_run, resolve_tracking_uri, ui_command
+
+HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+PLAN_KEY = "_nasplat_plan"
+PARENT_KEY = "_nasplat_parent_run"
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    genotype: nasplat.Genotype
+    val_miou: float
+    parent_run_id: str
+    best_run_id: str
+    tracking_uri: str
+    run_dir: Path
+
+
+def _log(message: str) -> None:
+    print(f"[nasplat] {message}", flush=True)
+
+
+def resolve_paths(config: SearchConfig) -> SearchConfig:
+    """Make storage, tracking URI and a user space file absolute, and give the run a name."""
+    name, source = resolve_space_spec(config.space)
+    space = f"{source}:{name}" if source else name
+    return config.replace(
+        storage=str(Path(config.storage).expanduser().resolve()),
+        tracking_uri=resolve_tracking_uri(config.tracking_uri),
+        name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        space=space,
+    )
+
+
+def _start_ray(config: SearchConfig) -> bool:
+    """Join ``config.address`` or start a local Ray sized to this machine; True if we started it."""
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": dict(HEALTH_CHECK_ENV)}
+    if config.address:
+        ray.init(address=config.address, runtime_env=runtime_env, log_to_driver=True)
+        return True
+    os.environ.update(HEALTH_CHECK_ENV)
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        resources={DRIVER_RESOURCE: max(1, config.trials)},
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    return True
+
+
+def search_trial(trial_config: dict[str, Any]) -> None:
+    """Tune trainable: one child MLflow run and one ``TorchTrainer`` fit."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_config = dict(trial_config)
+    plan: dict = trial_config.pop(PLAN_KEY)
+    parent_run_id: str = trial_config.pop(PARENT_KEY)
+    config = SearchConfig.from_dict(trial_config)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = _child_run(config, parent_run_id, trial_id)
+    trainer = TorchTrainer(
+        search_worker,
+        train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
+        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker=plan["per_worker"],
+        ),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(Path(config.storage) / config.name),
+            callbacks=[TuneReportCallback()],
+            logging_config=LoggingConfig(log_level="WARNING"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.max_failures, controller_failure_limit=config.max_failures),
+            worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        RunLogger(config.tracking_uri, run_id).finish("FAILED")
+        raise
+    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
+
+
+def _child_run(config: SearchConfig, parent_run_id: str, trial_id: str) -> str:
+    """Create (or, on resume, find again) the MLflow run of this trial."""
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    tags = {PARENT_TAG: parent_run_id, "nasplat.trial_id": trial_id}
+    run_id = find_run(client, experiment_id, tags)
+    if run_id is None:
+        run = client.create_run(experiment_id, run_name=f"{config.name}-{trial_id}", tags={**tags, "nasplat.kind": "search-trial"})
+        run_id = run.info.run_id
+    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
+    return run_id
+
+
+class EpochPrinter(tune.Callback):
+    """One progress line per reported epoch, printed by the driver."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch" not in result:
+            return
+        _log(
+            f"trial {trial.trial_id} epoch {int(result['epoch'])}/{self.epochs} | "
+            f"train_loss {result.get('train_loss', float('nan')):.4f} | val_loss {result.get('val_loss', float('nan')):.4f} | "
+            f"val_mIoU {result.get('val_miou', float('nan')):.4f} | arch_entropy {result.get('arch_entropy', float('nan')):.4f} | "
+            f"{result.get('epoch_time_s', float('nan')):.1f}s | genotype {result.get('genotype_hash', '?')}"
+        )
+
+
+def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = ensure_experiment(client, config.experiment, config.tracking_uri)
+    run_id = find_run(client, experiment_id, {"nasplat.run_name": config.name, "nasplat.kind": "search"})
+    if run_id is None:
+        run = client.create_run(
+            experiment_id, run_name=config.name,
+            tags={
+                "nasplat.kind": "search", "nasplat.run_name": config.name, "nasplat.space": config.space,
+                "nasplat.command": " ".join(argv or sys.argv), "nasplat.version": nasplat.__version__,
+                "python": platform.python_version(), "ray": ray.__version__,
+            },
+        )
+        run_id = run.info.run_id
+    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
+    return run_id
+
+
+def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOutcome:
+    """Run a complete search and return the best trial's genotype."""
+    config = resolve_paths(config)
+    name, source = resolve_space_spec(config.space)
+    if source is not None:
+        import_space_source(source)
+    get_space(config.space)
+    run_dir = Path(config.storage) / config.name
+    _log(f"MLflow tracking store: {config.tracking_uri}")
+    _log(f"run directory (checkpoints): {run_dir}")
+    started_ray = _start_ray(config)
+    try:
+        plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker, config.gpus_per_worker)
+        _log(f"resources: {plan.describe()}")
+        parent_run_id = _open_parent_run(config, argv)
+        results = _fit(config, plan, parent_run_id)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    return _summarise(config, results, parent_run_id, run_dir)
+
+
+def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str) -> tune.ResultGrid:
+    trial_space: dict[str, Any] = {
+        **config.to_dict(),
+        PLAN_KEY: {"per_worker": plan.per_worker},
+        PARENT_KEY: parent_run_id,
+    }
+    if config.trials > 1:
+        trial_space["seed"] = tune.grid_search([config.seed + i for i in range(config.trials)])
+    scheduler = (
+        tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=max(1, config.epochs // 4))
+        if config.trials > 1 else None
+    )
+    run_path = Path(config.storage) / config.name
+    trainable = tune.with_resources(search_trial, plan.driver)
+    if tune.Tuner.can_restore(str(run_path)):
+        _log(f"resuming the search stored in {run_path}")
+        tuner = tune.Tuner.restore(str(run_path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=trial_space,
+            tune_config=tune.TuneConfig(
+                metric="val_miou", mode="max", num_samples=1, scheduler=scheduler,
+                max_concurrent_trials=plan.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name=config.name, storage_path=config.storage, verbose=0,
+                callbacks=[EpochPrinter(config.epochs)],
+            ),
+        )
+    return tuner.fit()
+
+
+def _summarise(config: SearchConfig, results: tune.ResultGrid, parent_run_id: str, run_dir: Path) -> SearchOutcome:
+    errors = [r.error for r in results if r.error is not None]
+    finished = [r for r in results if r.error is None and r.metrics and "genotype" in r.metrics]
+    if not finished:
+        raise RuntimeError(f"every trial failed; first error: {errors[0] if errors else 'no result reported'}")
+    best = max(finished, key=lambda r: r.metrics["val_miou"])
+    genotype = genotype_from_dict(json.loads(best.metrics["genotype"]))
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    best_run_id = find_run(client, experiment_id, {"nasplat.trial_id": best.metrics["trial_id"]}) or ""
+    parent = RunLogger(config.tracking_uri, parent_run_id)
+    parent.log_metrics({"best_val_miou": best.metrics["val_miou"]}, step=int(best.metrics["epoch"]))
+    parent.log_json(genotype.to_dict(), "genotype.json")
+    parent.set_tags({"nasplat.best_trial_run": best_run_id, "genotype_hash": genotype.short_hash()})
+    parent.finish("FINISHED" if not errors else "FAILED")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "genotype.json").write_text(genotype.to_json() + "\n")
+    return SearchOutcome(genotype, float(best.metrics["val_miou"]), parent_run_id, best_run_id, config.tracking_uri, run_dir)
+
+
+def format_genotype(genotype: nasplat.Genotype) -> str:
+    """JSON with one line per field, so cells read as lists of (op, input) pairs."""
+    lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in genotype.to_dict().items()]
+    return "{\n" + ",\n".join(lines) + "\n}"
+
+
+def print_outcome(outcome: SearchOutcome) -> None:
+    _log("search finished")
+    print(format_genotype(outcome.genotype))
+    _log(f"best val mIoU: {outcome.val_miou:.4f}")
+    _log(f"genotype written to {outcome.run_dir / 'genotype.json'}")
+    _log(f"MLflow parent run: {outcome.parent_run_id} (best trial run: {outcome.best_run_id})")
+    _log(f"open the MLflow UI: {ui_command(outcome.tracking_uri)}")

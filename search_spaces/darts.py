@@ -1,0 +1,250 @@
+"""The DARTS cell space (Liu, Simonyan, Yang, ICLR 2019) adapted to semantic segmentation.
+
+A stem, ``layers`` stacked cells (reduction cells evenly spaced, channels doubling at each), and a
+light head whose logits are upsampled to the input size. Each cell has 4 intermediate nodes, 14
+mixed edges over the 8 DARTS ops and outputs the concat of its 4 nodes; all normal cells share
+alpha ``normal`` and all reduction cells share ``reduce`` (each [14, 8], official edge order).
+Built only from the public ``nasplat`` API.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from nasplat import (
+    DARTS_OPS,
+    DiscreteCell,
+    FactorizedReduce,
+    Genotype,
+    GenotypeError,
+    MixedCell,
+    ReLUConvBN,
+    SearchSpace,
+    Supernet,
+    cell_edges,
+    decode_cell,
+    register_space,
+    resize_to,
+)
+
+NUM_NODES = 4
+NUM_EDGES = len(cell_edges(NUM_NODES))  # 14
+
+
+@dataclasses.dataclass(frozen=True)
+class DartsGenotype(Genotype):
+    """Published DARTS notation: pairs 2k and 2k+1 of ``normal``/``reduce`` feed node k.
+
+    Inputs 0 and 1 are the two cell inputs, 2.. the intermediate nodes.
+    """
+
+    space: ClassVar[str] = "darts"
+    version: ClassVar[int] = 1
+
+    normal: tuple
+    normal_concat: tuple
+    reduce: tuple
+    reduce_concat: tuple
+
+    def validate(self) -> None:
+        for cell in ("normal", "reduce"):
+            _validate_pairs(cell, getattr(self, cell))
+            _validate_concat(f"{cell}_concat", getattr(self, f"{cell}_concat"))
+
+
+def _validate_pairs(field: str, pairs: object) -> None:
+    if not isinstance(pairs, tuple) or len(pairs) != 2 * NUM_NODES:
+        raise GenotypeError(field, f"expected {2 * NUM_NODES} [op, input] pairs, got {pairs!r}")
+    allowed_ops = [op for op in DARTS_OPS if op != "none"]
+    for index, pair in enumerate(pairs):
+        where = f"{field}[{index}]"
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise GenotypeError(where, f"expected [op, input], got {pair!r}")
+        op, source = pair
+        if op not in allowed_ops:
+            raise GenotypeError(where, f"op {op!r} is not one of {allowed_ops}")
+        max_source = index // 2 + 1
+        if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source <= max_source:
+            raise GenotypeError(where, f"input {source!r} must be an integer in 0..{max_source} for node {index // 2}")
+
+
+def _validate_concat(field: str, concat: object) -> None:
+    valid = range(2, 2 + NUM_NODES)
+    if (
+        not isinstance(concat, tuple)
+        or not concat
+        or len(set(concat)) != len(concat)
+        or any(isinstance(i, bool) or i not in valid for i in concat)
+    ):
+        raise GenotypeError(field, f"expected distinct node indices from {list(valid)}, got {concat!r}")
+
+
+def reduction_layers(layers: int, reductions: int) -> tuple[int, ...]:
+    """Indices of reduction cells, evenly spaced (DARTS: L//3 and 2L//3 for 2 reductions)."""
+    if layers < 1 or not 0 <= reductions < layers:
+        raise ValueError(f"need layers >= 1 and 0 <= reductions < layers, got layers={layers}, reductions={reductions}")
+    return tuple(layers * (i + 1) // (reductions + 1) for i in range(reductions))
+
+
+class _Stem(nn.Sequential):
+    def __init__(self, C_out: int, stride: int) -> None:
+        super().__init__(nn.Conv2d(3, C_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+class _Head(nn.Module):
+    """ReLU-1x1-BN-ReLU then a 1x1 classifier; logits resized to the input."""
+
+    def __init__(self, C_in: int, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(C_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+            nn.Conv2d(hidden, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return resize_to(self.body(x), size)
+
+
+class _CellInputs(nn.Module):
+    """Bring the k-2 and k-1 outputs to C channels at the k-1 resolution."""
+
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction_prev: bool, affine: bool) -> None:
+        super().__init__()
+        self.pre0 = FactorizedReduce(C_pp, C, affine) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> list[torch.Tensor]:
+        return [self.pre0(s0), self.pre1(s1)]
+
+
+class _Backbone(nn.Module):
+    """Stem + cells + head; ``make_cell(i, C_pp, C_p, C, reduction, reduction_prev)`` builds cell i."""
+
+    def __init__(self, num_classes: int, C: int, layers: int, reductions: int, stem_multiplier: int,
+                 stem_stride: int, head_channels: int, make_cell) -> None:
+        super().__init__()
+        C_stem = stem_multiplier * C
+        self.stem = _Stem(C_stem, stem_stride)
+        self.reductions = reduction_layers(layers, reductions)
+        self.cells = nn.ModuleList()
+        C_pp, C_p, C_curr, reduction_prev = C_stem, C_stem, C, False
+        for i in range(layers):
+            reduction = i in self.reductions
+            C_curr = C_curr * 2 if reduction else C_curr
+            cell, multiplier = make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            C_pp, C_p, reduction_prev = C_p, multiplier * C_curr, reduction
+        self.head = _Head(C_p, num_classes, head_channels)
+
+    def run(self, x: torch.Tensor, cell_call) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell_call(cell, s0, s1)
+        return self.head(s1, x.shape[-2:])
+
+
+class _SearchCell(nn.Module):
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.inputs = _CellInputs(C_pp, C_p, C, reduction_prev, affine=False)
+        self.dag = MixedCell(C, NUM_NODES, DARTS_OPS, input_stride=2 if reduction else 1)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = self.dag(self.inputs(s0, s1), weights)
+        return torch.cat(states[-NUM_NODES:], dim=1)
+
+
+class DartsSupernet(Supernet):
+    """The DARTS supernet for segmentation (BN without affine, as in the official search)."""
+
+    def __init__(self, num_classes: int, C: int = 8, layers: int = 5, reductions: int = 2,
+                 stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64) -> None:
+        super().__init__()
+        self.add_arch_parameter("normal", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
+        self.add_arch_parameter("reduce", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
+
+        def make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev):
+            return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev), NUM_NODES
+
+        self.net = _Backbone(num_classes, C, layers, reductions, stem_multiplier, stem_stride, head_channels, make_cell)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = {name: torch.softmax(alpha, dim=-1) for name, alpha in self.arch.items()}
+        return self.net.run(x, lambda cell, s0, s1: cell(s0, s1, weights["reduce" if cell.reduction else "normal"]))
+
+
+class _DiscreteCell(nn.Module):
+    def __init__(self, genotype: DartsGenotype, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool) -> None:
+        super().__init__()
+        pairs = genotype.reduce if reduction else genotype.normal
+        self.concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        self.inputs = _CellInputs(C_pp, C_p, C, reduction_prev, affine=True)
+        self.dag = DiscreteCell(C, pairs, input_stride=2 if reduction else 1)
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_path: float) -> torch.Tensor:
+        states = self.dag(self.inputs(s0, s1), drop_path)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class DartsNetwork(nn.Module):
+    """The discrete network of a DARTS genotype, with optional drop-path for retraining."""
+
+    def __init__(self, genotype: DartsGenotype, num_classes: int, C: int = 16, layers: int = 8,
+                 reductions: int = 2, stem_multiplier: int = 3, stem_stride: int = 1,
+                 head_channels: int = 128, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.genotype = genotype
+        self.drop_path = drop_path
+
+        def make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev):
+            cell = _DiscreteCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev)
+            return cell, len(cell.concat)
+
+        self.net = _Backbone(num_classes, C, layers, reductions, stem_multiplier, stem_stride, head_channels, make_cell)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.run(x, lambda cell, s0, s1: cell(s0, s1, self.drop_path))
+
+
+@register_space
+class DartsSpace(SearchSpace):
+    """DARTS cell space; ``ops`` is the official PRIMITIVES order (index breaks decode ties)."""
+
+    name = "darts"
+    ops = DARTS_OPS
+    genotype_type = DartsGenotype
+
+    def supernet(self, num_classes: int, **options) -> DartsSupernet:
+        return DartsSupernet(num_classes, **options)
+
+    def decode(self, arch: Mapping[str, torch.Tensor]) -> DartsGenotype:
+        missing = {"normal", "reduce"} - set(arch)
+        if missing:
+            raise KeyError(f"DARTS arch parameters need 'normal' and 'reduce'; missing {sorted(missing)}")
+        concat = tuple(range(2, 2 + NUM_NODES))
+        return DartsGenotype(
+            normal=decode_cell(arch["normal"], self.ops, NUM_NODES),
+            normal_concat=concat,
+            reduce=decode_cell(arch["reduce"], self.ops, NUM_NODES),
+            reduce_concat=concat,
+        )
+
+    def build(self, genotype: Genotype, num_classes: int, **options) -> DartsNetwork:
+        if not isinstance(genotype, DartsGenotype):
+            raise TypeError(f"the darts space builds DartsGenotype, got {type(genotype).__name__} (space {genotype.space!r})")
+        return DartsNetwork(genotype, num_classes, **options)
+
+
+DARTS_V2 = DartsGenotype(
+    normal=[["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["sep_conv_3x3", 0], ["sep_conv_3x3", 1],
+            ["sep_conv_3x3", 1], ["skip_connect", 0], ["skip_connect", 0], ["dil_conv_3x3", 2]],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 1],
+            ["max_pool_3x3", 0], ["skip_connect", 2], ["skip_connect", 2], ["max_pool_3x3", 1]],
+    reduce_concat=[2, 3, 4, 5],
+)
+"""The published DARTS (second order) cells, quark0/darts ``genotypes.py``."""
