@@ -39,7 +39,7 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
-    space_options: dict = dataclasses.field(default_factory=lambda: {"C": 8, "layers": 5, "reductions": 2})
+    space_options: dict = dataclasses.field(default_factory=dict)
     storage: str = "nasplat_runs"
     tracking_uri: str | None = None
     experiment: str = "nasplat-search"

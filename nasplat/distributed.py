@@ -26,7 +26,7 @@ def average_(tensors: Sequence[torch.Tensor | None]) -> None:
     present = [t for t in tensors if t is not None]
     if size == 1 or not present:
         return
-    for dtype in {t.dtype for t in present}:
+    for dtype in sorted({t.dtype for t in present}, key=str):  # same order on every worker
         group = [t for t in present if t.dtype == dtype]
         flat = torch.cat([t.reshape(-1) for t in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)

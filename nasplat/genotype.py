@@ -64,7 +64,7 @@ class Genotype:
             raise GenotypeError("<root>", f"expected a JSON object, got {type(data).__name__}")
         if data.get("space") != cls.space:
             raise GenotypeError("space", f"expected '{cls.space}', got {data.get('space')!r}")
-        if data.get("version") != cls.version:
+        if type(data.get("version")) is not int or data.get("version") != cls.version:
             raise GenotypeError(
                 "version", f"unsupported schema version {data.get('version')!r} (expected {cls.version})"
             )

@@ -34,7 +34,7 @@ SEARCH_HELP: dict[str, str] = {
     "arch_weight_decay": "architecture Adam weight decay (DARTS: 1e-3)",
     "arch_beta1": "architecture Adam beta1 (DARTS: 0.5)",
     "arch_beta2": "architecture Adam beta2",
-    "space_options": "supernet size options as KEY=VALUE, repeatable (darts: C, layers, reductions, stem_stride)",
+    "space_options": "supernet options as KEY=VALUE, repeatable (darts: C=8, layers=5, reductions=2, stem_stride=1, head_channels=64)",
     "storage": "directory for checkpoints and run folders (made absolute)",
     "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
     "experiment": "MLflow experiment name",

@@ -77,7 +77,7 @@ def _validate_concat(field: str, concat: object) -> None:
         not isinstance(concat, tuple)
         or not concat
         or len(set(concat)) != len(concat)
-        or any(isinstance(i, bool) or i not in valid for i in concat)
+        or any(type(i) is not int or i not in valid for i in concat)
     ):
         raise GenotypeError(field, f"expected distinct node indices from {list(valid)}, got {concat!r}")
 
@@ -235,7 +235,7 @@ class DartsSpace(SearchSpace):
 
     def build(self, genotype: Genotype, num_classes: int, **options) -> DartsNetwork:
         if not isinstance(genotype, DartsGenotype):
-            raise TypeError(f"the darts space builds DartsGenotype, got {type(genotype).__name__} (space {genotype.space!r})")
+            raise TypeError(f"the darts space builds DartsGenotype, got {type(genotype).__name__} (space {getattr(genotype, 'space', None)!r})")
         return DartsNetwork(genotype, num_classes, **options)
 
 

@@ -1,0 +1,87 @@
+"""End to end: `nasplat search` runs on local Ray and records its runs in a local MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import nasplat
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--epochs", "2", "--train-samples", "16", "--val-samples", "8", "--image-size", "16",
+    "--batch-size", "2", "--workers", "2",
+]
+
+
+def _nasplat(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _runs(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} missing from {tracking_uri}"
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("nasplat.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, children
+
+
+@pytest.mark.slow
+def test_darts_search_end_to_end(tmp_path):
+    result = _nasplat(["search", *TINY, "--space-option", "C=4", "--space-option", "layers=3", "--name", "e2e"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    db = tmp_path / "mlflow.db"
+    assert f"MLflow tracking store: sqlite:///{db}" in out  # absolute path printed at start
+    assert "epoch 1/2" in out and "epoch 2/2" in out  # progress per epoch
+    assert "mlflow ui --backend-store-uri" in out and "best val mIoU" in out
+
+    genotype = nasplat.load_genotype(tmp_path / "nasplat_runs" / "e2e" / "genotype.json")
+    assert genotype.space == "darts" and len(genotype.normal) == 8
+
+    client, parents, children = _runs(f"sqlite:///{db}", "nasplat-search")
+    assert len(parents) == 1 and len(children) == 1
+    parent, child = parents[0], children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
+    assert parent.data.params["space"] == "darts" and parent.data.params["epochs"] == "2"
+    history = client.get_metric_history(child.info.run_id, "val_miou")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    spread = client.get_metric_history(child.info.run_id, "arch_max_worker_diff")
+    assert [m.value for m in spread] == [0.0, 0.0]  # both DDP workers hold identical alpha
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"genotype.json", "genotypes"} <= artifacts
+    logged = json.loads(Path(client.download_artifacts(child.info.run_id, "genotype.json", str(tmp_path))).read_text())
+    assert nasplat.genotype_from_dict(logged) == genotype
+    per_epoch = {a.path for a in client.list_artifacts(child.info.run_id, "genotypes")}
+    assert per_epoch == {"genotypes/epoch_001.json", "genotypes/epoch_002.json"}
+
+
+@pytest.mark.slow
+def test_custom_space_from_examples_searches(tmp_path):
+    space = f"{ROOT / 'examples' / 'custom_space.py'}:chain"
+    result = _nasplat(["search", *TINY, "--space", space, "--space-option", "depth=2", "--name", "chain"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = json.loads((tmp_path / "nasplat_runs" / "chain" / "genotype.json").read_text())
+    assert data["space"] == "chain" and len(data["ops"]) == 2
+
+
+@pytest.mark.slow
+def test_search_that_cannot_fit_fails_at_once(tmp_path):
+    started = time.monotonic()
+    result = _nasplat(["search", *TINY, "--workers", "4", "--cpus-per-worker", "1"], tmp_path, timeout=180)
+    assert result.returncode == 2
+    assert "one trial needs 4 CPUs" in result.stderr and "Lower --workers" in result.stderr
+    assert time.monotonic() - started < 120
