@@ -19,9 +19,9 @@ class SearchConfig:
     space: str = "darts"
     dataset: str = "synthetic"
     image_size: int = 48
-    train_samples: int = 256
+    train_samples: int = 384
     val_samples: int = 64
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 8
     workers: int = 2
     cpus_per_worker: float | None = None
@@ -35,7 +35,7 @@ class SearchConfig:
     w_momentum: float = 0.9
     w_weight_decay: float = 3e-4
     grad_clip: float = 5.0
-    arch_lr: float = 3e-4
+    arch_lr: float = 3e-3
     arch_weight_decay: float = 1e-3
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999

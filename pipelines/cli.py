@@ -30,7 +30,7 @@ SEARCH_HELP: dict[str, str] = {
     "w_momentum": "weight SGD momentum",
     "w_weight_decay": "weight SGD weight decay",
     "grad_clip": "weight gradient norm clip",
-    "arch_lr": "architecture Adam learning rate (DARTS: 3e-4)",
+    "arch_lr": "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short default search uses Auto-DeepLab's 3e-3)",
     "arch_weight_decay": "architecture Adam weight decay (DARTS: 1e-3)",
     "arch_beta1": "architecture Adam beta1 (DARTS: 0.5)",
     "arch_beta2": "architecture Adam beta2",
@@ -116,9 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # the resource planner's and Ray's errors end up here
         from nasplat.runtime.resources import ResourceError
 
+        from pipelines.search import SearchInterrupted
+
         if isinstance(err, ResourceError):
             print(f"nasplat: error: {err}", file=sys.stderr)
             return 2
+        if isinstance(err, SearchInterrupted):
+            print(f"nasplat: {err}", file=sys.stderr)
+            return 130
         raise
     return 0
 

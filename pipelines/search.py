@@ -133,11 +133,33 @@ def _child_run(config: SearchConfig, parent_run_id: str, trial_id: str) -> str:
     return run_id
 
 
-class EpochPrinter(tune.Callback):
-    """One progress line per reported epoch, printed by the driver."""
+class SearchInterrupted(RuntimeError):
+    """The search stopped before its trials finished (Ctrl+C); re-running it resumes."""
 
-    def __init__(self, epochs: int) -> None:
+
+_TRIALS_ENDED: dict[str, set[str]] = {}
+"""Search name -> ids of trials that completed or failed (not interrupted), filled in the driver."""
+
+
+class ProgressCallback(tune.Callback):
+    """Prints one line per reported epoch and records which trials ended.
+
+    Tune pickles callbacks into its experiment state and unpickles them on restore, so the record
+    lives in a module-level dict keyed by search name rather than on the instance.
+    """
+
+    def __init__(self, epochs: int, search_name: str) -> None:
         self.epochs = epochs
+        self.search_name = search_name
+
+    def ended(self) -> set[str]:
+        return _TRIALS_ENDED.setdefault(self.search_name, set())
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended().add(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended().add(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "epoch" not in result:
@@ -183,14 +205,20 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
         plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker, config.gpus_per_worker)
         _log(f"resources: {plan.describe()}")
         parent_run_id = _open_parent_run(config, argv)
-        results = _fit(config, plan, parent_run_id)
+        progress = ProgressCallback(config.epochs, config.name)
+        results = _fit(config, plan, parent_run_id, progress)
     finally:
         if started_ray:
             ray.shutdown()
+    if len(progress.ended()) < len(results):
+        raise SearchInterrupted(
+            f"the search stopped before all trials finished; its state is saved in {run_dir}. "
+            f"Run the same command with --name {config.name} to resume it."
+        )
     return _summarise(config, results, parent_run_id, run_dir)
 
 
-def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str) -> tune.ResultGrid:
+def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str, progress: ProgressCallback) -> tune.ResultGrid:
     trial_space: dict[str, Any] = {
         **config.to_dict(),
         PLAN_KEY: {"per_worker": plan.per_worker},
@@ -217,7 +245,7 @@ def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str) -> tune.R
             ),
             run_config=tune.RunConfig(
                 name=config.name, storage_path=config.storage, verbose=0,
-                callbacks=[EpochPrinter(config.epochs)],
+                callbacks=[progress],
             ),
         )
     return tuner.fit()

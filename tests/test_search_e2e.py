@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,3 +86,37 @@ def test_search_that_cannot_fit_fails_at_once(tmp_path):
     assert result.returncode == 2
     assert "one trial needs 4 CPUs" in result.stderr and "Lower --workers" in result.stderr
     assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_where_it_stopped(tmp_path):
+    args = ["search", "--epochs", "3", "--train-samples", "96", "--val-samples", "8", "--image-size", "32",
+            "--batch-size", "2", "--space-option", "C=4", "--space-option", "layers=3", "--name", "resumable"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in first.stdout:
+            seen.append(line)
+            if "epoch 1/3" in line:
+                first.send_signal(signal.SIGINT)  # Ctrl+C after the first epoch
+                break
+        rest, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert any("epoch 1/3" in line for line in seen), "".join(seen)[-3000:]
+    assert first.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
+    assert "--name resumable to resume" in rest
+
+    second = _nasplat(args, tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    combined = second.stdout + second.stderr
+    assert "resuming the search" in combined and "resumed from" in combined
+    assert "epoch 1/3" not in second.stdout  # epoch 1 is not trained again
+
+    client, parents, children = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "nasplat-search")
+    assert len(parents) == 1 and len(children) == 1  # the same runs are continued, not duplicated
+    steps = sorted(m.step for m in client.get_metric_history(children[0].info.run_id, "val_miou"))
+    assert steps == [1, 2, 3]

@@ -5,6 +5,7 @@ checkpoint and logs metrics and the genotype to MLflow; every rank calls ``ray.t
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 from typing import Any
 
@@ -27,6 +28,7 @@ def _threads_for_worker(cpus: float | None) -> int:
 
 def search_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``)."""
+    logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
     loop_config = dict(loop_config)
     run_id = loop_config.pop(RUN_ID_KEY)
     tracking_uri = loop_config.pop(TRACKING_KEY)
