@@ -98,7 +98,6 @@ class DiscreteCell(nn.Module):
         num_inputs: int = 2,
         input_stride: int = 1,
         keep: int = 2,
-        op_builder=build_op,
     ) -> None:
         super().__init__()
         if len(choices) % keep:
@@ -106,7 +105,7 @@ class DiscreteCell(nn.Module):
         self.keep = keep
         self.sources = [source for _, source in choices]
         self.edges = nn.ModuleList(
-            op_builder(op, C, input_stride if source < num_inputs else 1)
+            build_op(op, C, input_stride if source < num_inputs else 1)
             for op, source in choices
         )
 

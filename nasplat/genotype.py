@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -79,8 +80,6 @@ class Genotype:
 
     def short_hash(self) -> str:
         """A stable 12-hex-digit fingerprint, handy for comparing runs."""
-        import hashlib
-
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -83,8 +84,6 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        import time
-
         now = int(time.time() * 1000)
         items = [
             Metric(key, float(value), now, step)

@@ -80,7 +80,7 @@ def test_arch_parameters_shape_and_separation(space):
     state = net.state_dict()
     arch_keys = [k for k, v in state.items() if v.shape == (14, 8)]
     assert len(arch_keys) == 2
-    for name, alpha in arch.items():
+    for _name, alpha in arch.items():
         assert any(torch.equal(state[k], alpha.detach()) for k in arch_keys)
 
 

@@ -6,7 +6,6 @@ lower op index. Expected outputs below are worked out by hand in the comments.
 """
 import math
 
-import numpy as np
 import pytest
 import torch
 
