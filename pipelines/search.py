@@ -280,7 +280,7 @@ def format_genotype(genotype: nasplat.Genotype) -> str:
 def print_outcome(outcome: SearchOutcome) -> None:
     _log("search finished")
     print(format_genotype(outcome.genotype))
-    _log(f"best val mIoU: {outcome.val_miou:.4f}")
+    _log(f"supernet val mIoU (best trial, last epoch): {outcome.val_miou:.4f}")
     _log(f"genotype written to {outcome.run_dir / 'genotype.json'}")
     _log(f"MLflow parent run: {outcome.parent_run_id} (best trial run: {outcome.best_run_id})")
     _log(f"open the MLflow UI: {ui_command(outcome.tracking_uri)}")

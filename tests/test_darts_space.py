@@ -21,16 +21,6 @@ OFFICIAL_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                 "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # tiny convs: intra-op threads only add spin-wait overhead (badly so on a busy machine)
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def space():
     return get_space("darts")

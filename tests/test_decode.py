@@ -19,15 +19,6 @@ IDX = {name: k for k, name in enumerate(OPS)}
 FIRST_ROW = {0: 0, 1: 2, 2: 5, 3: 9}  # published: nodes 0-3 start at rows 0, 2, 5, 9
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add spin-wait overhead (badly so on a busy machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def row(node, source):
     return FIRST_ROW[node] + source
 

@@ -25,12 +25,6 @@ from nasplat import IGNORE_INDEX, ConfusionMatrix
 # class 1: TP 1, FP 1 (gt0->1), FN 1 (gt1->2)                          -> 1/3
 # class 2: TP 1, FP 1 (gt1->2), FN 0                                   -> 1/2
 # mIoU = (1/2 + 1/3 + 1/2) / 3 = 4/9; pixel accuracy = 3/5
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 GT = torch.tensor([[[0, 0, 1], [1, 2, 255]]])

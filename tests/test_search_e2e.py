@@ -46,7 +46,7 @@ def test_darts_search_end_to_end(tmp_path):
     db = tmp_path / "mlflow.db"
     assert f"MLflow tracking store: sqlite:///{db}" in out  # absolute path printed at start
     assert "epoch 1/2" in out and "epoch 2/2" in out  # progress per epoch
-    assert "mlflow ui --backend-store-uri" in out and "best val mIoU" in out
+    assert "mlflow ui --backend-store-uri" in out and "supernet val mIoU" in out
 
     genotype = nasplat.load_genotype(tmp_path / "nasplat_runs" / "e2e" / "genotype.json")
     assert genotype.space == "darts" and len(genotype.normal) == 8
