@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat.ops import MixedOp, build_op
+from nasplat.ops import Identity, MixedOp, build_op
 
 OpChoice = tuple[str, int]
 
@@ -115,7 +115,7 @@ class DiscreteCell(nn.Module):
             total = 0
             for edge in range(first, first + self.keep):
                 out = self.edges[edge](states[self.sources[edge]])
-                if drop_path > 0.0 and self.training and not isinstance(self.edges[edge], nn.Identity):
+                if drop_path > 0.0 and self.training and not isinstance(self.edges[edge], (Identity, nn.Identity)):
                     out = _drop_path(out, drop_path)
                 total = total + out
             states.append(total)

@@ -8,6 +8,10 @@ from typing import Any, Mapping
 import yaml
 
 
+EARLY_STOP_PRESETS = ("off", "paper", "reference")
+EARLY_STOP_MODES = ("stop", "ada", "simulate")
+
+
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the field (and file)."""
 
@@ -40,6 +44,12 @@ class SearchConfig:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     space_options: dict = dataclasses.field(default_factory=dict)
+    early_stop: str = "off"
+    early_stop_mode: str = "stop"
+    early_stop_options: dict = dataclasses.field(default_factory=dict)
+    hessian_batches: int = 2
+    hessian_iterations: int = 20
+    hessian_arch_weight_decay: bool = False
     storage: str = "nasplat_runs"
     tracking_uri: str | None = None
     experiment: str = "nasplat-search"
@@ -68,6 +78,15 @@ class SearchConfig:
             raise ConfigError(f"config field 'cpus_per_worker' must be > 0, got {self.cpus_per_worker}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"config field 'gpus_per_worker' must be >= 0, got {self.gpus_per_worker}")
+        if self.early_stop not in EARLY_STOP_PRESETS:
+            raise ConfigError(f"config field 'early_stop' must be one of {EARLY_STOP_PRESETS}, got {self.early_stop!r}")
+        if self.early_stop_mode not in EARLY_STOP_MODES:
+            raise ConfigError(f"config field 'early_stop_mode' must be one of {EARLY_STOP_MODES}, got {self.early_stop_mode!r}")
+        if not isinstance(self.early_stop_options, dict):
+            raise ConfigError(f"config field 'early_stop_options' must be a mapping, got {self.early_stop_options!r}")
+        for name in ("hessian_batches", "hessian_iterations"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.space_options, dict):
             raise ConfigError(f"config field 'space_options' must be a mapping, got {self.space_options!r}")
 

@@ -28,9 +28,13 @@ How a search loop uses it, once per epoch, after ``train_epoch()`` and ``evaluat
         if decision.mode == "stop": final genotype = decision.genotype; end the search
         if decision.mode == "ada":  restore the checkpoint saved at the end of epoch
             decision.resume_epoch (model, both optimisers, scheduler, RNG -- NOT the stopper,
-            which has already rolled itself back), set every param group's weight_decay of the
-            weight optimiser to decision.weight_decay, continue with epoch resume_epoch + 1
+            which has already rolled itself back), THEN set every param group's weight_decay of
+            the weight optimiser to decision.weight_decay (the restored optimiser state carries
+            the old one), and continue with epoch resume_epoch + 1
         if decision.mode == "simulate": record decision.genotype and carry on
+
+For DARTS-ADA the loop keeps the end-of-epoch checkpoints of the last
+``config.decision_delay + config.extra_rollback`` epochs (5 for "paper", 12 for "reference").
 
 ``hessian_batches`` are batches of the split that drives the architecture step (split B, the
 "validation" loss of the bi-level problem), on the model's device. The authors use one batch (the
@@ -370,10 +374,15 @@ class EarlyStopper:
     JSON-able dict. Its state (:meth:`state_dict`) is plain JSON data.
 
     ``weight_decay`` is the network weight decay the search starts with; DARTS-ADA needs it.
+    ``display_offset`` is added to epoch numbers in the ``reason`` text only (1 for a search that
+    numbers its epochs from 1); decisions keep the 0-based indices.
     """
 
-    def __init__(self, config: EarlyStopConfig | None = None, weight_decay: float | None = None) -> None:
+    def __init__(
+        self, config: EarlyStopConfig | None = None, weight_decay: float | None = None, display_offset: int = 0
+    ) -> None:
         self.config = config or EarlyStopConfig.preset(DEFAULT_PRESET)
+        self.display_offset = display_offset
         if self.config.mode == "ada" and weight_decay is None:
             raise ValueError("mode 'ada' needs the network's initial weight_decay")
         self.weight_decay = weight_decay
@@ -437,18 +446,21 @@ class EarlyStopper:
         )
 
     def _label(self, computed_at: int) -> str:
+        shown = computed_at + self.display_offset
         if not self.config.centred:
-            return f"epoch {computed_at}"
-        return f"centred at epoch {computed_at - self.config.centre_offset}, computed at epoch {computed_at}"
+            return f"epoch {shown}"
+        return f"centred at epoch {shown - self.config.centre_offset}, computed at epoch {shown}"
 
     def _reason(
         self, epoch: int, chosen: int, current: float, previous: float, ratio: float,
         weight_decay: float | None, resume: int | None,
     ) -> str:
         cfg = self.config
+        epoch, chosen = epoch + self.display_offset, chosen + self.display_offset
+        resume = None if resume is None else resume + self.display_offset
         head = (
-            f"smoothed eigenvalue rose from {previous:.4g} ({self._label(epoch - cfg.lookback)}) to {current:.4g} "
-            f"({self._label(epoch)}): ratio {ratio:.4g} < {cfg.threshold:.4g}"
+            f"smoothed eigenvalue rose from {previous:.4g} ({self._label(epoch - self.display_offset - cfg.lookback)}) "
+            f"to {current:.4g} ({self._label(epoch - self.display_offset)}): ratio {ratio:.4g} < {cfg.threshold:.4g}"
         )
         if cfg.mode == "ada":
             return (

@@ -23,9 +23,21 @@ from nasplat.data.sources import SearchData, search_data
 from nasplat.distributed import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.genotype import Genotype
 from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant_hessian_eigenvalue
 from nasplat.space import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
+
+
+def _cpu_copy(value: Any) -> Any:
+    """A deep copy with every tensor cloned to the CPU (snapshots must not alias live state)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _cpu_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(v) for v in value)
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -34,13 +46,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def architecture_entropy(arch: dict[str, torch.Tensor]) -> float:
-    """Mean entropy (nats) of the softmax over the last dimension of every arch parameter."""
+def architecture_entropy(distributions: dict[str, torch.Tensor]) -> float:
+    """Mean entropy (nats) of the architecture's choice distributions (rows of zeros are skipped)."""
     values = []
-    for alpha in arch.values():
-        probs = torch.softmax(alpha.detach().float(), dim=-1)
-        values.append(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
-    return float(torch.stack(values).mean())
+    for probs in distributions.values():
+        rows = probs.detach().float().reshape(-1, probs.shape[-1])
+        rows = rows[rows.sum(-1) > 0]
+        values.append(-(rows * rows.clamp_min(1e-12).log()).sum(-1))
+    return float(torch.cat(values).mean())
 
 
 class SupernetSearch:
@@ -72,6 +85,31 @@ class SupernetSearch:
         )
         self.loaders = {name: self._loader(getattr(self.data, name), shuffle=name != "val") for name in ("train_a", "train_b", "val")}
         self.epoch = 0
+        self.epochs_trained = 0  # counts rolled-back epochs too: the step of logged metrics
+        self.stopper = self._make_stopper()
+        self.hessian_batches = self._fixed_batches(self.data.train_b, config.hessian_batches) if self.stopper else []
+        self.snapshots: dict[int, dict[str, Any]] = {}  # DARTS-ADA: end-of-epoch states by 0-based epoch
+
+    def _make_stopper(self) -> EarlyStopper | None:
+        if self.config.early_stop == "off":
+            return None
+        try:
+            stop_config = EarlyStopConfig.preset(
+                self.config.early_stop, mode=self.config.early_stop_mode, **self.config.early_stop_options
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config field 'early_stop_options': {err}") from None
+        return EarlyStopper(stop_config, weight_decay=self.config.w_weight_decay, display_offset=1)
+
+    def _fixed_batches(self, dataset, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first ``count`` batches of this worker's unshuffled shard, on the device."""
+        loader = self._loader(dataset, shuffle=False)
+        batches = []
+        for images, masks in loader:
+            batches.append((images.to(self.device), masks.to(self.device)))
+            if len(batches) == count:
+                break
+        return batches
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         sampler = DistributedSampler(
@@ -101,6 +139,7 @@ class SupernetSearch:
             steps += 1
             samples += batch_a[0].shape[0]
         self.scheduler.step()
+        self.epochs_trained += 1
         elapsed = time.perf_counter() - started
         result = {"train_loss": totals["train_loss"] / max(steps, 1), "w_lr": lr, "epoch_time_s": elapsed,
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
@@ -132,13 +171,47 @@ class SupernetSearch:
             "val_iou": {name: float(v) for name, v in zip(self.data.class_names, iou)},
         }
 
+    def check_early_stop(self) -> tuple[float | None, StopDecision | None]:
+        """RobustDARTS after an epoch: maybe compute the eigenvalue, apply the rule, roll back for ADA."""
+        if self.stopper is None:
+            return None, None
+        epoch = self.epoch - 1  # the stopper counts epochs from 0, as the authors' code
+        eigenvalue = None
+        if self.stopper.should_evaluate(epoch):
+            self.model.train()  # the authors compute it in train mode
+            eigenvalue = dominant_hessian_eigenvalue(
+                self.model, self.loss_fn, self.hessian_batches, iterations=self.config.hessian_iterations,
+                arch_weight_decay=self.config.arch_weight_decay if self.config.hessian_arch_weight_decay else 0.0,
+            )
+        decision = self.stopper.update(epoch, eigenvalue, self.genotype().to_dict())
+        if self.stopper.config.mode == "ada":
+            self._snapshot(epoch)
+            if decision is not None:
+                self._roll_back(decision)
+        return eigenvalue, decision
+
+    def smoothed_eigenvalue(self) -> float | None:
+        return self.stopper.smoothed(self.epoch - 1) if self.stopper else None
+
+    def _snapshot(self, epoch: int) -> None:
+        keep_from = epoch - self.stopper.config.decision_delay - self.stopper.config.extra_rollback
+        self.snapshots = {e: s for e, s in self.snapshots.items() if e >= keep_from}
+        self.snapshots[epoch] = _cpu_copy(self._core_state())
+
+    def _roll_back(self, decision: StopDecision) -> None:
+        """DARTS-ADA: restore the end of ``resume_epoch`` and continue with the larger weight decay."""
+        self._load_core(self.snapshots[decision.resume_epoch])
+        for group in self.weight_optimizer.param_groups:
+            group["weight_decay"] = decision.weight_decay
+        self.snapshots = {e: s for e, s in self.snapshots.items() if e <= decision.resume_epoch}
+
     def genotype(self) -> Genotype:
-        return self.space.decode(self.model.arch_parameters())
+        return self.space.decode(self.model.arch_parameters(), **self.model.decode_options())
 
     def arch_entropy(self) -> float:
-        return architecture_entropy(self.model.arch_parameters())
+        return architecture_entropy(self.model.arch_distributions())
 
-    def state_dict(self) -> dict[str, Any]:
+    def _core_state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "weight_optimizer": self.weight_optimizer.state_dict(),
@@ -146,16 +219,32 @@ class SupernetSearch:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "torch_rng": torch.get_rng_state(),
-            "config": self.config.to_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load_core(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed search needs, including the early-stop record and ADA snapshots."""
+        return {
+            **self._core_state(),
+            "epochs_trained": self.epochs_trained,
+            "stopper": self.stopper.state_dict() if self.stopper else None,
+            "snapshots": self.snapshots,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load_core(state)
+        self.epochs_trained = int(state["epochs_trained"])
+        if self.stopper is not None and state["stopper"] is not None:
+            self.stopper.load_state_dict(state["stopper"])
+        self.snapshots = {int(e): s for e, s in state["snapshots"].items()}
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CHECKPOINT_FILE

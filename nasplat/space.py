@@ -43,6 +43,15 @@ class Supernet(nn.Module):
         """Name -> architecture parameter; the input that ``space.decode`` expects."""
         return dict(self.arch.items())
 
+    def decode_options(self) -> dict[str, object]:
+        """Keyword options this supernet's space needs to decode its arch parameters (default none)."""
+        return {}
+
+    def arch_distributions(self) -> dict[str, torch.Tensor]:
+        """Name -> probabilities over the last dimension (softmax by default; spaces with masked
+        or differently normalised parameters override this). Rows of zeros mean "no choice here"."""
+        return {name: torch.softmax(alpha.detach(), dim=-1) for name, alpha in self.arch.items()}
+
     def named_weight_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if not n.startswith(ARCH_PREFIX)]
 
@@ -62,8 +71,9 @@ class SearchSpace(ABC):
         """The over-parameterised network searched by the bi-level optimiser."""
 
     @abstractmethod
-    def decode(self, arch: Mapping[str, torch.Tensor]) -> Genotype:
-        """A pure function of the arch parameters (``supernet.arch_parameters()``)."""
+    def decode(self, arch: Mapping[str, torch.Tensor], **options) -> Genotype:
+        """A pure function of the arch parameters (``supernet.arch_parameters()``) and of the
+        supernet's ``decode_options()`` (e.g. how a space normalises its parameters)."""
 
     @abstractmethod
     def build(self, genotype: Genotype, num_classes: int, **options) -> nn.Module:

@@ -35,6 +35,15 @@ SEARCH_HELP: dict[str, str] = {
     "arch_beta1": "architecture Adam beta1 (DARTS: 0.5)",
     "arch_beta2": "architecture Adam beta2",
     "space_options": "supernet options as KEY=VALUE, repeatable (darts: C=8, layers=5, reductions=2, stem_stride=1, head_channels=64)",
+    "early_stop": "RobustDARTS early stopping on the dominant Hessian eigenvalue: off, paper (every epoch, "
+    "k=5, ratio < 0.75, architecture of epoch i-5) or reference (the authors' released code)",
+    "early_stop_mode": "what a trigger does: stop (DARTS-ES), ada (DARTS-ADA: roll back, raise weight decay) "
+    "or simulate (record only)",
+    "early_stop_options": "overrides of the early-stop preset as KEY=VALUE, repeatable (eval_interval, window, "
+    "centred, lookback, threshold, min_chosen_epoch, ada_factor, ada_max_weight_decay, extra_rollback)",
+    "hessian_batches": "split-B batches per worker used for the Hessian eigenvalue (the same ones every time)",
+    "hessian_iterations": "power-iteration steps for the Hessian eigenvalue",
+    "hessian_arch_weight_decay": "add the architecture weight decay to the Hessian (H + wd*I), as the authors' code",
     "storage": "directory for checkpoints and run folders (made absolute)",
     "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
     "experiment": "MLflow experiment name",
@@ -44,12 +53,15 @@ SEARCH_HELP: dict[str, str] = {
 }
 
 
-def _parse_space_options(items: Sequence[str]) -> dict[str, Any]:
+MAPPING_FLAGS = {"space_options": "--space-option", "early_stop_options": "--early-stop-option"}
+
+
+def _parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--space-option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
         options[key] = yaml.safe_load(value)
     return options
 
@@ -67,8 +79,12 @@ def _add_search_parser(subparsers) -> None:
     for field in dataclasses.fields(SearchConfig):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        if field.name == "space_options":
-            parser.add_argument("--space-option", dest="space_options", action="append", metavar="KEY=VALUE",
+        if field.name in MAPPING_FLAGS:
+            parser.add_argument(MAPPING_FLAGS[field.name], dest=field.name, action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS, help=f"{SEARCH_HELP[field.name]} (default: {default})")
+            continue
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{SEARCH_HELP[field.name]} (default: {default})")
             continue
         kind = type(default) if default is not None else (float if field.name == "cpus_per_worker" else str)
@@ -83,9 +99,9 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         values.update(load_config_file(args.config))
         source = args.config
     flags = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
-    if "space_options" in flags:
-        flags["space_options"] = {**values.get("space_options", SearchConfig().space_options),
-                                  **_parse_space_options(flags["space_options"])}
+    for name, flag in MAPPING_FLAGS.items():
+        if name in flags:
+            flags[name] = {**values.get(name, {}), **_parse_key_values(flag, flags[name])}
     values.update(flags)
     return SearchConfig.from_dict(values, source=source)
 

@@ -169,7 +169,11 @@ class ProgressCallback(tune.Callback):
             f"train_loss {result.get('train_loss', float('nan')):.4f} | val_loss {result.get('val_loss', float('nan')):.4f} | "
             f"val_mIoU {result.get('val_miou', float('nan')):.4f} | arch_entropy {result.get('arch_entropy', float('nan')):.4f} | "
             f"{result.get('epoch_time_s', float('nan')):.1f}s | genotype {result.get('genotype_hash', '?')}"
+            + (f" | hessian_eig {result['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in result else "")
         )
+        if "early_stop_chosen_epoch" in result:
+            _log(f"trial {trial.trial_id}: RobustDARTS triggered at epoch {int(result['early_stop_epoch'])}, "
+                 f"architecture of epoch {int(result['early_stop_chosen_epoch'])} chosen (reason in MLflow tag early_stop.reason)")
 
 
 def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:
@@ -227,7 +231,7 @@ def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str, progress:
     if config.trials > 1:
         trial_space["seed"] = tune.grid_search([config.seed + i for i in range(config.trials)])
     scheduler = (
-        tune.schedulers.ASHAScheduler(time_attr="epoch", max_t=config.epochs, grace_period=max(1, config.epochs // 4))
+        tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=config.epochs * (10 if config.early_stop_mode == "ada" else 1), grace_period=max(1, config.epochs // 4))
         if config.trials > 1 else None
     )
     run_path = Path(config.storage) / config.name

@@ -476,8 +476,7 @@ class AutoDeepLabSupernet(Supernet):
         self.checkpoint_cells = checkpoint_cells
         self.ops = AUTODEEPLAB_OPS
         self.add_arch_parameter("alpha", 1e-3 * torch.randn(len(cell_edges(B)), len(AUTODEEPLAB_OPS)))
-        beta = self.add_arch_parameter("beta", 1e-3 * torch.randn(L, NUM_LEVELS, 3))
-        beta.beta_norm = beta_norm  # read by AutoDeepLabSpace.decode (see its docstring)
+        self.add_arch_parameter("beta", 1e-3 * torch.randn(L, NUM_LEVELS, 3))
 
         self.stem = _Stem(stem_channels)
         C_stem = stem_channels[-1]
@@ -523,6 +522,16 @@ class AutoDeepLabSupernet(Supernet):
             return functional_call(node, tensors, (direction, h1, s0, weights, size))
 
         return checkpoint(run, h1, s0, weights, use_reentrant=False)
+
+    def decode_options(self) -> dict[str, object]:
+        return {"beta_norm": self.beta_norm}
+
+    def arch_distributions(self) -> dict[str, torch.Tensor]:
+        """Softmax over alpha's ops; beta as normalised (moves that do not exist are 0)."""
+        return {
+            "alpha": torch.softmax(self.arch["alpha"].detach(), dim=-1),
+            "beta": normalized_beta(self.arch["beta"].detach(), self.beta_norm),
+        }
 
     def states(self, x: torch.Tensor) -> list[dict[int, torch.Tensor]]:
         """Per layer, level -> state (``B*F*2^level`` channels at ``level_sizes`` of the stem output)."""
@@ -691,18 +700,14 @@ class AutoDeepLabSpace(SearchSpace):
         """Cell: :func:`nasplat.decode_cell` (top-2 inputs per block, best non-``none`` op).
         Path: :func:`viterbi_path` over the normalised beta.
 
-        The normalisation is ``beta_norm`` if given, else the one the supernet tagged its beta
-        parameter with (``arch_parameters()`` of a live supernet), else ``"paper"``. A plain
-        tensor (e.g. loaded from a checkpoint) of a ``"boundary_scaled"`` search needs
-        ``beta_norm="boundary_scaled"`` passed explicitly.
+        ``beta_norm`` is the supernet's (``supernet.decode_options()``); ``None`` means the
+        default, ``"paper"``.
         """
         missing = {"alpha", "beta"} - set(arch)
         if missing:
             raise KeyError(f"Auto-DeepLab arch parameters need 'alpha' and 'beta'; missing {sorted(missing)}")
         alpha, beta = arch["alpha"], arch["beta"]
-        if beta_norm is None:
-            beta_norm = getattr(beta, "beta_norm", DEFAULT_BETA_NORM)
-        _check_beta_norm(beta_norm)
+        beta_norm = _check_beta_norm(beta_norm or DEFAULT_BETA_NORM)
         blocks = _blocks_from_edges(alpha.shape[0])
         return AutoDeepLabGenotype(
             cell=decode_cell(alpha, self.ops, num_nodes=blocks),

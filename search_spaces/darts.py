@@ -221,7 +221,7 @@ class DartsSpace(SearchSpace):
     def supernet(self, num_classes: int, **options) -> DartsSupernet:
         return DartsSupernet(num_classes, **options)
 
-    def decode(self, arch: Mapping[str, torch.Tensor]) -> DartsGenotype:
+    def decode(self, arch: Mapping[str, torch.Tensor], **options) -> DartsGenotype:
         missing = {"normal", "reduce"} - set(arch)
         if missing:
             raise KeyError(f"DARTS arch parameters need 'normal' and 'reduce'; missing {sorted(missing)}")

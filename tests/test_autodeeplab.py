@@ -326,10 +326,11 @@ def test_decode_paper_path_from_one_hot_like_beta(space):
 
 def test_decode_uses_the_supernet_beta_norm(space):
     net = space.supernet(num_classes=3, L=3, B=2, beta_norm="boundary_scaled", **TINY)
-    assert space.decode(net.arch_parameters()).beta_norm == "boundary_scaled"
+    assert net.decode_options() == {"beta_norm": "boundary_scaled"}
+    assert space.decode(net.arch_parameters(), **net.decode_options()).beta_norm == "boundary_scaled"
     plain = {k: v.detach().clone() for k, v in net.arch_parameters().items()}
     assert space.decode(plain).beta_norm == "paper"
-    assert space.decode(plain, beta_norm="boundary_scaled") == space.decode(net.arch_parameters())
+    assert space.decode(plain, beta_norm="boundary_scaled") == space.decode(net.arch_parameters(), **net.decode_options())
     assert len(space.decode(plain).cell) == 4  # B=2 from alpha's 5 rows
 
 

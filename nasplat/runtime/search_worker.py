@@ -14,6 +14,8 @@ import torch
 
 from nasplat.config import SearchConfig
 from nasplat.distributed import max_abs_difference
+from nasplat.genotype import genotype_from_dict
+from nasplat.robust import StopDecision
 from nasplat.search_loop import SupernetSearch
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import RunLogger
@@ -57,31 +59,62 @@ def search_worker(loop_config: dict[str, Any]) -> None:
     while search.epoch < config.epochs:
         metrics: dict[str, Any] = search.train_epoch()
         evaluation = search.evaluate()
-        epoch = search.epoch
+        epoch, step = search.epoch, search.epochs_trained
         genotype = search.genotype()
         arch_spread = max(max_abs_difference(p) for p in search.model.arch_parameters().values())
+        smoothed = None
+        eigenvalue, decision = search.check_early_stop()  # DARTS-ADA may roll the search back here
+        if search.stopper is not None:
+            smoothed = search.stopper.smoothed(epoch - 1)
+        result = genotype
+        if decision is not None and decision.ends_search:
+            result = genotype_from_dict(decision.genotype)
         metrics.update({k: v for k, v in evaluation.items() if k != "val_iou"})
         metrics.update(
             epoch=epoch, arch_entropy=search.arch_entropy(), arch_max_worker_diff=arch_spread,
-            genotype=genotype.to_json(indent=None), genotype_hash=genotype.short_hash(),
+            genotype=result.to_json(indent=None), genotype_hash=genotype.short_hash(),
         )
+        if eigenvalue is not None:
+            metrics["hessian_eigenvalue"] = eigenvalue
+        if smoothed is not None:
+            metrics["hessian_eigenvalue_smoothed"] = smoothed
+        if decision is not None:
+            metrics.update(early_stop_epoch=decision.stop_epoch + 1, early_stop_chosen_epoch=decision.chosen_epoch + 1)
         checkpoint_dir = tempfile.mkdtemp(prefix="nasplat-ckpt-") if is_rank0 else None
         if logger is not None:
             search.save(checkpoint_dir)
-            _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), epoch, previous)
+            _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
+            logger.log_json(result.to_dict(), "genotype.json")
+            if decision is not None:
+                _record_decision(logger, decision)
         previous = metrics["genotype_hash"]
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None,
         )
+        if decision is not None and decision.ends_search:
+            break
 
 
-def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: dict, epoch: int, previous: str | None) -> None:
+def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: dict, step: int, previous: str | None) -> None:
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     numeric.update({f"val_iou.{name}": value for name, value in per_class.items()})
-    logger.log_metrics(numeric, step=epoch)
+    logger.log_metrics(numeric, step=step)
+    epoch = metrics["epoch"]
     logger.log_json(genotype, f"genotypes/epoch_{epoch:03d}.json")
-    logger.log_json(genotype, "genotype.json")
     if previous is not None and previous != metrics["genotype_hash"]:
         logger.set_tags({f"genotype_changed.epoch_{epoch:03d}": metrics["genotype_hash"]})
     logger.set_tags({"genotype_hash": metrics["genotype_hash"], "last_epoch": epoch})
+
+
+def _record_decision(logger: RunLogger, decision: StopDecision) -> None:
+    """Tags and a JSON artifact saying what RobustDARTS decided, at which epochs, and why."""
+    index = len(logger.client.list_artifacts(logger.run_id, "early_stop"))
+    logger.log_json(decision.to_dict(), f"early_stop/decision_{index:02d}.json")
+    logger.set_tags({
+        "early_stop.mode": decision.mode,
+        "early_stop.stop_epoch": decision.stop_epoch + 1,
+        "early_stop.chosen_epoch": decision.chosen_epoch + 1,
+        "early_stop.reason": decision.reason,
+    })
+    print(f"[nasplat] RobustDARTS: {decision.reason}", flush=True)
