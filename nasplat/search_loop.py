@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from nasplat.bilevel import BilevelOptimizer
-from nasplat.config import SearchConfig
+from nasplat.config import ConfigError, SearchConfig
 from nasplat.data.sources import SearchData, search_data
 from nasplat.distributed import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.genotype import Genotype
@@ -27,6 +27,8 @@ from nasplat.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant
 from nasplat.space import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
+EIGENVALUE_KIND = {"paper": "magnitude", "reference": "largest"}
+"""The paper tracks the dominant eigenvalue; the authors' code takes the largest algebraic one."""
 
 
 def _cpu_copy(value: Any) -> Any:
@@ -38,6 +40,16 @@ def _cpu_copy(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_cpu_copy(v) for v in value)
     return value
+
+
+def early_stop_config(config: SearchConfig) -> EarlyStopConfig | None:
+    """The RobustDARTS rule a search config asks for (None when off); errors name the option."""
+    if config.early_stop == "off":
+        return None
+    try:
+        return EarlyStopConfig.preset(config.early_stop, mode=config.early_stop_mode, **config.early_stop_options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config field 'early_stop_options': {err}") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -91,14 +103,9 @@ class SupernetSearch:
         self.snapshots: dict[int, dict[str, Any]] = {}  # DARTS-ADA: end-of-epoch states by 0-based epoch
 
     def _make_stopper(self) -> EarlyStopper | None:
-        if self.config.early_stop == "off":
+        stop_config = early_stop_config(self.config)
+        if stop_config is None:
             return None
-        try:
-            stop_config = EarlyStopConfig.preset(
-                self.config.early_stop, mode=self.config.early_stop_mode, **self.config.early_stop_options
-            )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"config field 'early_stop_options': {err}") from None
         return EarlyStopper(stop_config, weight_decay=self.config.w_weight_decay, display_offset=1)
 
     def _fixed_batches(self, dataset, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -182,6 +189,7 @@ class SupernetSearch:
             eigenvalue = dominant_hessian_eigenvalue(
                 self.model, self.loss_fn, self.hessian_batches, iterations=self.config.hessian_iterations,
                 arch_weight_decay=self.config.arch_weight_decay if self.config.hessian_arch_weight_decay else 0.0,
+                which=EIGENVALUE_KIND[self.config.early_stop],
             )
         decision = self.stopper.update(epoch, eigenvalue, self.genotype().to_dict())
         if self.stopper.config.mode == "ada":

@@ -62,7 +62,13 @@ def _parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        options[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e9" as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        options[key] = parsed
     return options
 
 

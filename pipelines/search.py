@@ -24,6 +24,7 @@ import nasplat
 from nasplat.config import SearchConfig
 from nasplat.genotype import genotype_from_dict
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.search_loop import early_stop_config
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import PARENT_TAG, RunLogger, ensure_experiment, find_run, resolve_tracking_uri, ui_command
@@ -201,6 +202,7 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
     if source is not None:
         import_space_source(source)
     get_space(config.space)
+    early_stop_config(config)  # fail before Ray starts if the rule's options are wrong
     run_dir = Path(config.storage) / config.name
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")

@@ -120,3 +120,32 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
     assert len(parents) == 1 and len(children) == 1  # the same runs are continued, not duplicated
     steps = sorted(m.step for m in client.get_metric_history(children[0].info.run_id, "val_miou"))
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_autodeeplab_search_with_robustdarts_stop(tmp_path):
+    # A rule that fires on the first positive smoothed eigenvalue after one look-back step, so the
+    # stop, its reason and the chosen architecture go through Ray and MLflow for real.
+    args = ["search", "--space", "autodeeplab", *TINY, "--epochs", "3", "--warmup-epochs", "1",
+            "--space-option", "F=2", "--space-option", "L=3", "--name", "adl",
+            "--early-stop", "reference", "--hessian-batches", "1", "--hessian-iterations", "5",
+            "--early-stop-option", "eval_interval=1", "--early-stop-option", "window=1",
+            "--early-stop-option", "lookback=1", "--early-stop-option", "min_chosen_epoch=0",
+            "--early-stop-option", "threshold=1e9"]
+    result = _nasplat(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "RobustDARTS triggered at epoch 2, architecture of epoch 1 chosen" in result.stdout
+    assert "epoch 3/3" not in result.stdout  # the search stopped
+
+    run_dir = tmp_path / "nasplat_runs" / "adl"
+    genotype = nasplat.load_genotype(run_dir / "genotype.json")
+    assert genotype.space == "autodeeplab" and len(genotype.path) == 3 and genotype.path[0] in (4, 8)
+
+    client, _, children = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "nasplat-search")
+    child = children[0]
+    assert child.data.tags["early_stop.stop_epoch"] == "2" and child.data.tags["early_stop.chosen_epoch"] == "1"
+    assert "ratio" in child.data.tags["early_stop.reason"]
+    eigenvalues = client.get_metric_history(child.info.run_id, "hessian_eigenvalue")
+    assert sorted(m.step for m in eigenvalues) == [1, 2]
+    chosen = json.loads(Path(client.download_artifacts(child.info.run_id, "genotypes/epoch_001.json", str(tmp_path))).read_text())
+    assert nasplat.genotype_from_dict(chosen) == genotype  # the architecture of the chosen epoch is the result
