@@ -80,18 +80,18 @@ def search_worker(loop_config: dict[str, Any]) -> None:
             metrics["hessian_eigenvalue_smoothed"] = smoothed
         if decision is not None:
             metrics.update(early_stop_epoch=decision.stop_epoch + 1, early_stop_chosen_epoch=decision.chosen_epoch + 1)
-        checkpoint_dir = tempfile.mkdtemp(prefix="nasplat-ckpt-") if is_rank0 else None
-        if logger is not None:
-            search.save(checkpoint_dir)
-            _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
-            logger.log_json(result.to_dict(), "genotype.json")
-            if decision is not None:
-                _record_decision(logger, decision)
-        previous = metrics["genotype_hash"]
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None,
-        )
+        with tempfile.TemporaryDirectory(prefix="nasplat-ckpt-") as checkpoint_dir:
+            if logger is not None:
+                search.save(checkpoint_dir)
+                _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
+                logger.log_json(result.to_dict(), "genotype.json")
+                if decision is not None:
+                    _record_decision(logger, decision)
+            previous = metrics["genotype_hash"]
+            # Ray copies the checkpoint to the run's storage before report returns
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if is_rank0 else None
+            )
         if decision is not None and decision.ends_search:
             break
 
