@@ -22,6 +22,7 @@ class SearchConfig:
 
     space: str = "darts"
     dataset: str = "synthetic"
+    data_root: str | None = None
     image_size: int = 48
     train_samples: int = 384
     val_samples: int = 64

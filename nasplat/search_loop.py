@@ -77,7 +77,7 @@ class SupernetSearch:
         seed_everything(config.seed)
         self.space = get_space(config.space)
         self.data: SearchData = search_data(
-            config.dataset, config.image_size, config.train_samples, config.val_samples, config.seed
+            config.dataset, config.image_size, config.train_samples, config.val_samples, config.seed, config.data_root
         )
         self.model = self.space.supernet(num_classes=self.data.num_classes, **config.space_options).to(self.device)
         broadcast_module_(self.model)

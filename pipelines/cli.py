@@ -9,13 +9,17 @@ from typing import Any, Sequence
 import yaml
 
 from nasplat.config import ConfigError, SearchConfig, load_config_file
+from nasplat.data.records import DataError
+from nasplat.data.shards import ShardError
 
 SEARCH_HELP: dict[str, str] = {
     "space": "search space: a registered name (darts), or FILE.py:NAME / package.module:NAME for your own",
-    "dataset": "dataset to search on (synthetic: built in, nothing to download)",
+    "dataset": "dataset: synthetic (built in), voc or cityscapes (official layout under --data-root), "
+    "or parquet:DIR (shards from `nasplat data prepare`)",
+    "data_root": "folder holding the official VOC (VOCdevkit) or Cityscapes (leftImg8bit, gtFine) layout",
     "image_size": "square crop size in pixels of the search images",
-    "train_samples": "number of training samples, split into two disjoint halves A (weights) and B (architecture)",
-    "val_samples": "number of validation samples for mIoU",
+    "train_samples": "synthetic data: number of training samples, split into two disjoint halves A (weights) and B (architecture)",
+    "val_samples": "synthetic data: number of validation samples for mIoU",
     "epochs": "search epochs",
     "batch_size": "batch size per worker",
     "workers": "Ray Train workers (DDP) per trial",
@@ -112,10 +116,49 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig.from_dict(values, source=source)
 
 
+def _add_data_parser(subparsers) -> None:
+    data = subparsers.add_parser("data", help="prepare datasets (Parquet shards for distributed reading)")
+    actions = data.add_subparsers(dest="data_command", required=True)
+    prepare = actions.add_parser(
+        "prepare", help="write a dataset in its official layout as verified Parquet shards",
+        description="Read PASCAL VOC 2012 (VOCdevkit/VOC2012), Cityscapes (leftImg8bit + gtFine labelIds) or "
+        "the built-in synthetic scenes, check every sample, and write Parquet shards with masks in train ids "
+        "(255 = ignore) plus manifest.json. Bad samples stop it before anything is written, unless --skip-bad. "
+        "An interrupted run leaves no manifest; running it again completes the work.",
+    )
+    prepare.add_argument("source", choices=("voc", "cityscapes", "synthetic"))
+    prepare.add_argument("--root", help="dataset root in the official layout (voc, cityscapes)")
+    prepare.add_argument("--out", required=True, help="output directory for the shards")
+    prepare.add_argument("--splits", help="comma-separated splits (default: voc train_aug or train, and val; "
+                         "cityscapes train,val)")
+    prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable or invalid samples and list "
+                         "them in manifest.json instead of failing")
+    prepare.add_argument("--max-shard-mb", type=float, default=256.0, help="shard size bound in MiB (default 256)")
+    prepare.add_argument("--synthetic-samples", type=int, nargs=2, default=(384, 64), metavar=("TRAIN", "VAL"),
+                         help="synthetic: number of train and val samples (default 384 64)")
+    prepare.add_argument("--image-size", type=int, default=64, help="synthetic: image size (default 64)")
+    prepare.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
+
+
+def _run_data(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from pipelines.data import describe, prepare
+
+    out = Path(args.out).expanduser().resolve()
+    manifest = prepare(
+        args.source, out, root=args.root, splits=args.splits.split(",") if args.splits else None,
+        skip_bad=args.skip_bad, max_shard_bytes=int(args.max_shard_mb * 2**20),
+        synthetic_samples=tuple(args.synthetic_samples), image_size=args.image_size, seed=args.seed,
+    )
+    print(describe(manifest, out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasplat", description="Distributed NAS for semantic segmentation.")
     subparsers = parser.add_subparsers(dest="command", required=False)
     _add_search_parser(subparsers)
+    _add_data_parser(subparsers)
     return parser
 
 
@@ -132,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             config = search_config_from_args(args)
             print_outcome(run_search(config, argv=["nasplat", *argv]))
-    except (ConfigError, FileNotFoundError, KeyError) as err:
+        elif args.command == "data":
+            _run_data(args)
+    except (ConfigError, FileNotFoundError, KeyError, DataError, ShardError) as err:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # the resource planner's and Ray's errors end up here

@@ -52,7 +52,12 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
     """Make storage, tracking URI and a user space file absolute, and give the run a name."""
     name, source = resolve_space_spec(config.space)
     space = f"{source}:{name}" if source else name
+    dataset = config.dataset
+    if dataset.startswith("parquet:"):
+        dataset = "parquet:" + str(Path(dataset.split(":", 1)[1]).expanduser().resolve())
     return config.replace(
+        dataset=dataset,
+        data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
         storage=str(Path(config.storage).expanduser().resolve()),
         tracking_uri=resolve_tracking_uri(config.tracking_uri),
         name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",

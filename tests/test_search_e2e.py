@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import nasplat
+from nasplat.data.fixtures import make_cityscapes_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -149,3 +150,18 @@ def test_autodeeplab_search_with_robustdarts_stop(tmp_path):
     assert sorted(m.step for m in eigenvalues) == [1, 2]
     chosen = json.loads(Path(client.download_artifacts(child.info.run_id, "genotypes/epoch_001.json", str(tmp_path))).read_text())
     assert nasplat.genotype_from_dict(chosen) == genotype  # the architecture of the chosen epoch is the result
+
+
+@pytest.mark.slow
+def test_search_on_prepared_parquet_shards(tmp_path):
+    root = make_cityscapes_fixture(tmp_path / "cityscapes", per_city=2)
+    prepared = _nasplat(["data", "prepare", "cityscapes", "--root", str(root), "--out", "shards"], tmp_path)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    result = _nasplat(["search", "--dataset", "parquet:shards", "--epochs", "1", "--image-size", "16",
+                       "--batch-size", "1", "--space-option", "C=4", "--space-option", "layers=3", "--name", "pq"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, _, children = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "nasplat-search")
+    params = children[0].data.params
+    assert params["dataset"] == f"parquet:{tmp_path / 'shards'}"  # made absolute for the workers
+    assert "train_a = even indices" in params["data.split_rule"]
+    assert "val_iou.road" in children[0].data.metrics  # Cityscapes class names from the manifest

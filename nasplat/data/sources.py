@@ -1,11 +1,25 @@
-"""Datasets a search can run on, resolved from the ``dataset`` config field."""
+"""Datasets a search can run on, resolved from the ``dataset`` and ``data_root`` config fields.
+
+``synthetic`` (built in), ``voc`` and ``cityscapes`` (official layouts under ``data_root``) and
+``parquet:DIR`` (shards written by ``nasplat data prepare``). The training split is cut into the
+two disjoint halves of a DARTS search by index parity (A = even, B = odd), so they are disjoint by
+construction whatever the dataset.
+"""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from nasplat.data.cityscapes import CityscapesSegmentation
+from nasplat.data.shards import ShardDataset, read_manifest
 from nasplat.data.synthetic import synthetic_splits
+from nasplat.data.transforms import SegmentationAugment
+from nasplat.data.records import DataError
+from nasplat.data.voc import VOCSegmentation, voc_records
+
+DATASETS = ("synthetic", "voc", "cityscapes", "parquet:DIR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,15 +34,60 @@ class SearchData:
     description: dict
 
 
-DATASETS = ("synthetic",)
+def search_data(
+    dataset: str, image_size: int, train_samples: int, val_samples: int, seed: int, data_root: str | None = None
+) -> SearchData:
+    """Build the search splits; ``train_samples``/``val_samples`` size the synthetic data only."""
+    if dataset == "synthetic":
+        return _synthetic(image_size, train_samples, val_samples, seed)
+    crop = (image_size, image_size)
+    train_tf = SegmentationAugment(crop=crop, train=True, seed=seed)
+    val_tf = SegmentationAugment(crop=crop, train=False)
+    if dataset.startswith("parquet:"):
+        root = Path(dataset.split(":", 1)[1])
+        manifest = read_manifest(root)
+        train_split = "train_aug" if "train_aug" in manifest.splits else "train"
+        train = ShardDataset(root, train_split, train_tf)
+        val = ShardDataset(root, "val", val_tf, verify=False)  # verified with the train split
+        return _halves(train, val, tuple(manifest.class_names), {"dataset": "parquet", "root": str(root),
+                                                                 "train_split": train_split})
+    if dataset in ("voc", "cityscapes"):
+        if not data_root:
+            raise ValueError(f"dataset {dataset!r} needs --data-root (the folder holding the official layout)")
+        if dataset == "voc":
+            train_split = "train_aug" if _has_voc_split(data_root, "train_aug") else "train"
+            train = VOCSegmentation(data_root, train_split, transform=train_tf)
+            val = VOCSegmentation(data_root, "val", transform=val_tf)
+        else:
+            train_split = "train"
+            train = CityscapesSegmentation(data_root, "train", transform=train_tf)
+            val = CityscapesSegmentation(data_root, "val", transform=val_tf)
+        return _halves(train, val, tuple(train.class_names),
+                       {"dataset": dataset, "root": str(data_root), "train_split": train_split})
+    raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
 
 
-def search_data(dataset: str, image_size: int, train_samples: int, val_samples: int, seed: int) -> SearchData:
-    """Build the search splits of ``dataset``; raise ValueError naming the choices if unknown."""
-    if dataset != "synthetic":
-        raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
+def _has_voc_split(root: str, split: str) -> bool:
+    try:
+        voc_records(root, split)
+    except DataError:
+        return False
+    return True
+
+
+def _halves(train: Dataset, val: Dataset, class_names: tuple[str, ...], description: dict) -> SearchData:
+    n = len(train)
+    if n < 2:
+        raise ValueError(f"{description['dataset']}: the training split has {n} sample(s); a search needs at least 2")
+    train_a = Subset(train, range(0, n, 2))
+    train_b = Subset(train, range(1, n, 2))
+    description = {**description, "split_rule": "train_a = even indices, train_b = odd indices",
+                   "counts": {"train_a": len(train_a), "train_b": len(train_b), "val": len(val)}}
+    return SearchData(train_a, train_b, val, len(class_names), class_names, description)
+
+
+def _synthetic(image_size: int, train_samples: int, val_samples: int, seed: int) -> SearchData:
     splits = synthetic_splits(train_samples, val_samples, size=(image_size, image_size), seed=seed)
-    description = {name: list(split.index_range) for name, split in splits.items()}
     first = splits["train_a"]
     return SearchData(
         train_a=splits["train_a"],
@@ -36,5 +95,6 @@ def search_data(dataset: str, image_size: int, train_samples: int, val_samples: 
         val=splits["val"],
         num_classes=len(first.class_names),
         class_names=tuple(first.class_names),
-        description={"dataset": "synthetic", "seed": seed, "size": image_size, "index_ranges": description},
+        description={"dataset": "synthetic", "seed": seed, "size": image_size,
+                     "index_ranges": {name: list(split.index_range) for name, split in splits.items()}},
     )

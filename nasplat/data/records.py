@@ -1,0 +1,217 @@
+"""On-disk segmentation samples: records, validated reading and a generic Dataset.
+
+A :class:`SampleRecord` names one image file and its label mask.  Reading goes
+through :func:`read_image_bytes` and :func:`read_mask`, which fully decode the
+files with PIL and turn every problem (missing file, truncated file, colour
+mask, unknown label value, size mismatch) into a :class:`DataError` that names
+the offending file.
+
+Masks are returned as uint8 ``[H, W]`` arrays of *train ids*: ``0..num_classes-1``
+plus ``255`` for "ignore".  Palette ('P') PNGs are read as their palette
+indices, never converted to RGB (that would turn class ids into colours).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "IGNORE_INDEX",
+    "DataError",
+    "RecordDataset",
+    "SampleRecord",
+    "Transform",
+    "load_sample",
+    "read_image_bytes",
+    "read_mask",
+]
+
+IGNORE_INDEX = 255
+
+# Single-channel modes whose pixel values are label indices.
+_INDEX_MODES = frozenset({"P", "L", "I", "I;16", "I;16L", "I;16B"})
+_MAX_LISTED = 10
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple[Tensor, Tensor]]
+
+
+class DataError(ValueError):
+    """A problem with one dataset file or folder; the message is ``"{path}: {problem}"``."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self):  # keep (path, problem) when pickled across processes
+        return (type(self), (self.path, self.problem))
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One sample on disk: its id, split, image file and label-mask file."""
+
+    sample_id: str
+    split: str
+    image_path: Path
+    mask_path: Path
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(path, f"{what} file not found") from None
+    except OSError as err:
+        raise DataError(path, f"cannot read {what} file ({err})") from err
+
+
+def _decode(data: bytes, path: Path, what: str) -> Image.Image:
+    """Open and fully decode ``data`` with PIL; any failure becomes a DataError."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as err:  # PIL raises many types for corrupt input
+        raise DataError(
+            path, f"truncated or unreadable {what} ({type(err).__name__}: {err})"
+        ) from err
+    return img
+
+
+def _open_image(path: str | Path) -> tuple[bytes, Image.Image]:
+    """Raw bytes of an image file plus the fully decoded PIL image."""
+    path = Path(path)
+    data = _read_bytes(path, "image")
+    return data, _decode(data, path, "image")
+
+
+def read_image_bytes(path: str | Path) -> tuple[bytes, tuple[int, int]]:
+    """Return the image file's bytes as on disk and its ``(height, width)``.
+
+    The image is fully decoded first, so a truncated or corrupt file raises
+    :class:`DataError` here rather than later in a training worker.
+    """
+    data, img = _open_image(path)
+    return data, (img.height, img.width)
+
+
+def _check_label_map(label_map: np.ndarray) -> np.ndarray:
+    table = np.asarray(label_map)
+    if table.shape != (256,) or table.dtype != np.uint8:
+        raise ValueError(
+            f"label_map must be a uint8 array of 256 entries, got {table.dtype} {table.shape}"
+        )
+    return table
+
+
+def read_mask(path: str | Path, label_map: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """Read a single-channel label mask as uint8 ``[H, W]`` train ids (255 = ignore).
+
+    Palette ('P') and grey ('L') PNGs are read as indices without conversion.
+    ``label_map`` (256-entry uint8 lookup table, e.g. Cityscapes labelId ->
+    trainId) is applied when given.  Values outside ``0..num_classes-1`` that
+    are not 255 raise :class:`DataError`, as do colour masks.
+    """
+    if not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
+    path = Path(path)
+    img = _decode(_read_bytes(path, "mask"), path, "mask")
+    if img.mode not in _INDEX_MODES:
+        raise DataError(
+            path,
+            f"mask has mode {img.mode!r}; masks must be single-channel index images "
+            "(palette 'P' or 8-bit 'L' PNG), not colour images",
+        )
+    raw = np.asarray(img)
+    if raw.dtype != np.uint8:  # 16/32-bit index images: values must still fit 0..255
+        too_big = np.unique(raw[(raw < 0) | (raw > 255)])
+        if too_big.size:
+            raise DataError(path, f"label values {_listed(too_big)} do not fit 0..255")
+        raw = raw.astype(np.uint8)
+    mask = raw if label_map is None else _check_label_map(label_map)[raw]
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise DataError(
+            path, f"label values {_listed(bad)} outside 0..{num_classes - 1} and not {IGNORE_INDEX}"
+        )
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def _listed(values: np.ndarray) -> str:
+    shown = [int(v) for v in values[:_MAX_LISTED]]
+    more = f", ... ({values.size} in all)" if values.size > _MAX_LISTED else ""
+    return "[" + ", ".join(map(str, shown)) + more + "]"
+
+
+def _check_sizes(record: SampleRecord, image_hw: tuple[int, int], mask: np.ndarray) -> None:
+    (h, w), (mh, mw) = image_hw, mask.shape
+    if (h, w) != (mh, mw):
+        raise DataError(
+            record.mask_path, f"mask is {mh}x{mw} but image {record.image_path} is {h}x{w}"
+        )
+
+
+def load_sample(
+    record: SampleRecord, label_map: np.ndarray | None, num_classes: int
+) -> tuple[bytes, np.ndarray]:
+    """Image bytes and validated train-id mask of ``record`` (sizes must agree)."""
+    data, hw = read_image_bytes(record.image_path)
+    mask = read_mask(record.mask_path, label_map, num_classes)
+    _check_sizes(record, hw, mask)
+    return data, mask
+
+
+class RecordDataset(Dataset):
+    """Segmentation Dataset over :class:`SampleRecord` s.
+
+    Items are ``(image, mask)``: image float32 ``[3, H, W]`` in ``0..1``, mask
+    int64 ``[H, W]`` of train ids with 255 = ignore; when ``transform`` is given
+    it is called as ``transform(image, mask)`` on the decoded arrays (RGB uint8
+    ``[H, W, 3]`` and uint8 ``[H, W]``, as :class:`nasplat.data.shards.ShardDataset`
+    does) and its result is returned.
+    Every item is validated like :func:`load_sample` (the image is decoded once).
+    """
+
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        records: Sequence[SampleRecord],
+        class_names: Sequence[str],
+        palette: Sequence[tuple[int, int, int]],
+        label_map: np.ndarray | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        self.records: tuple[SampleRecord, ...] = tuple(records)
+        self.class_names: tuple[str, ...] = tuple(class_names)
+        self.palette: list[tuple[int, int, int]] = [tuple(c) for c in palette]
+        self.num_classes = len(self.class_names)
+        self.label_map = None if label_map is None else _check_label_map(label_map)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        record = self.records[i]  # IndexError for out-of-range i, negatives allowed
+        _, img = _open_image(record.image_path)
+        mask = read_mask(record.mask_path, self.label_map, self.num_classes)
+        _check_sizes(record, (img.height, img.width), mask)
+        rgb = np.asarray(img.convert("RGB"))
+        if self.transform is not None:
+            return self.transform(rgb, mask)
+        image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+        return image, torch.from_numpy(mask.astype(np.int64))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(samples={len(self)}, num_classes={self.num_classes})"
