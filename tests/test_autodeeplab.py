@@ -260,7 +260,7 @@ def test_uniform_paper_beta_favours_boundary_hugging_paths():
 @pytest.mark.parametrize("beta_norm", ["paper", "boundary_scaled"])
 @pytest.mark.parametrize("layers", [1, 2, 3, 5, 7])
 def test_viterbi_matches_brute_force(beta_norm, layers):
-    for trial in range(4):
+    for _ in range(4):
         beta = 2.0 * torch.randn(layers, 4, 3)
         expected_path, expected_score = brute_force_best(beta, beta_norm)
         assert viterbi_path(beta, beta_norm) == expected_path
