@@ -71,6 +71,7 @@ from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
 from nasplat import (
+    DARTS_OPS,
     DiscreteCell,
     Genotype,
     GenotypeError,
@@ -104,16 +105,9 @@ __all__ = [
     "viterbi_path",
 ]
 
-AUTODEEPLAB_OPS: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "atrous_conv_3x3",
-    "atrous_conv_5x5",
-)
+AUTODEEPLAB_OPS: tuple[str, ...] = tuple(
+    name.replace("dil_conv", "atrous_conv") for name in DARTS_OPS
+)  # the DARTS order, with full atrous convs in place of the separable dilated ones
 """Candidate ops in alpha's column order (DARTS-like; the index breaks decode ties)."""
 
 STRIDES: tuple[int, ...] = (4, 8, 16, 32)

@@ -36,16 +36,6 @@ IDX = {name: k for k, name in enumerate(AUTODEEPLAB_OPS)}
 TINY = dict(F=2, stem_channels=(8, 8, 16))  # small supernets for forward passes
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # tiny convs: intra-op threads only add spin-wait overhead (badly so on a busy machine)
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def space():
     return get_space("autodeeplab")
