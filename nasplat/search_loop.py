@@ -10,7 +10,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from nasplat.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant
 from nasplat.space import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
+BatchStream = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 EIGENVALUE_KIND = {"paper": "magnitude", "reference": "largest"}
 """The paper tracks the dominant eigenvalue; the authors' code takes the largest algebraic one."""
 
@@ -71,9 +72,15 @@ def architecture_entropy(distributions: dict[str, torch.Tensor]) -> float:
 class SupernetSearch:
     """Bi-level search of one supernet on this worker's shards of splits A, B and val."""
 
-    def __init__(self, config: SearchConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, config: SearchConfig, device: torch.device | str = "cpu", streams: Mapping[str, BatchStream] | None = None
+    ) -> None:
+        """``streams`` (split name -> callable giving an epoch's batches) replaces the local
+        DataLoaders of those splits, e.g. with Ray Data shards; every worker must get the same
+        number of batches."""
         self.config = config
         self.device = torch.device(device)
+        self.streams = dict(streams or {})
         seed_everything(config.seed)
         self.space = get_space(config.space)
         self.data: SearchData = search_data(
@@ -124,6 +131,9 @@ class SupernetSearch:
         )
         return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, drop_last=shuffle)
 
+    def _batches(self, split: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return self.streams[split]() if split in self.streams else self.loaders[split]
+
     @property
     def arch_updates_active(self) -> bool:
         return self.epoch >= self.config.warmup_epochs
@@ -132,12 +142,12 @@ class SupernetSearch:
         """One pass over split A, pairing each batch with a fresh batch of split B."""
         self.model.train()
         for name in ("train_a", "train_b"):
-            self.loaders[name].sampler.set_epoch(self.epoch)
+            self.loaders[name].sampler.set_epoch(self.epoch)  # harmless when a stream replaces it
         started, samples = time.perf_counter(), 0
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         steps = 0
         lr = self.weight_optimizer.param_groups[0]["lr"]
-        for batch_a, batch_b in zip(self.loaders["train_a"], self.loaders["train_b"]):
+        for batch_a, batch_b in zip(self._batches("train_a"), self._batches("train_b")):
             batch_a = tuple(t.to(self.device) for t in batch_a)
             batch_b = tuple(t.to(self.device) for t in batch_b)
             stats = self.bilevel.step(batch_a, batch_b, update_arch=self.arch_updates_active)
@@ -162,7 +172,7 @@ class SupernetSearch:
         self.model.eval()
         matrix = ConfusionMatrix(self.data.num_classes)
         loss_sum = torch.zeros(2, dtype=torch.float64)
-        for images, masks in self.loaders["val"]:
+        for images, masks in self._batches("val"):
             logits = self.model(images.to(self.device))
             masks = masks.to(self.device)
             loss_sum += torch.tensor([float(self.loss_fn(logits, masks)) * images.shape[0], images.shape[0]], dtype=torch.float64)

@@ -24,6 +24,8 @@ import nasplat
 from nasplat.config import SearchConfig
 from nasplat.genotype import genotype_from_dict
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.data.shards import verify_shards
+from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
 from nasplat.search_loop import early_stop_config
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.space import get_space, import_space_source, resolve_space_spec
@@ -101,6 +103,7 @@ def search_trial(trial_config: dict[str, Any]) -> None:
     run_id = _child_run(config, parent_run_id, trial_id)
     trainer = TorchTrainer(
         search_worker,
+        datasets=search_datasets(config) if uses_ray_data(config) else None,
         train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
         torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
         scaling_config=ScalingConfig(
@@ -208,12 +211,17 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
         import_space_source(source)
     get_space(config.space)
     early_stop_config(config)  # fail before Ray starts if the rule's options are wrong
+    if uses_ray_data(config):
+        verify_shards(config.dataset.split(":", 1)[1])  # once, here; the readers trust the manifest
     run_dir = Path(config.storage) / config.name
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
     started_ray = _start_ray(config)
     try:
-        plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker, config.gpus_per_worker)
+        plan = plan_resources(
+            ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker, config.gpus_per_worker,
+            reserve_cpus=RESERVED_CPUS if uses_ray_data(config) else 0.0,
+        )
         _log(f"resources: {plan.describe()}")
         parent_run_id = _open_parent_run(config, argv)
         progress = ProgressCallback(config.epochs, config.name)

@@ -95,3 +95,11 @@ def test_plan_that_cannot_fit_explains_the_arithmetic():
         plan_resources({"CPU": 8.0, DRIVER_RESOURCE: 1.0}, workers=2, trials=1, gpus_per_worker=1)
     with pytest.raises(ResourceError, match="nothing is left"):
         plan_resources({"CPU": 1.0}, workers=2, trials=1)
+
+
+def test_plan_leaves_cpus_for_ray_data():
+    plan = plan_resources({"CPU": 2.0, DRIVER_RESOURCE: 1.0}, workers=2, trials=1, reserve_cpus=1.0)
+    assert plan.per_worker == {"CPU": 0.5} and plan.reserved_cpus == 1.0
+    assert "1 CPU left for Ray Data" in plan.describe()
+    with pytest.raises(ResourceError, match="1 for reading data"):
+        plan_resources({"CPU": 2.0, DRIVER_RESOURCE: 1.0}, workers=2, trials=1, cpus_per_worker=1, reserve_cpus=1.0)

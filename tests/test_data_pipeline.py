@@ -59,7 +59,10 @@ def test_search_data_from_shards_has_disjoint_halves(tmp_path):
     data = search_data(f"parquet:{out}", image_size=16, train_samples=0, val_samples=0, seed=0)
     assert (len(data.train_a), len(data.train_b), len(data.val)) == (5, 5, 4)
     assert set(data.train_a.indices).isdisjoint(data.train_b.indices)
-    assert data.num_classes == 6 and data.description["split_rule"].startswith("train_a = even")
+    assert data.num_classes == 6 and data.description["split_rule"].startswith("sample ids sorted")
+    ids = ShardDataset(out, "train").sample_ids()
+    a_ids = sorted(ids[i] for i in data.train_a.indices)
+    assert a_ids == sorted(ids)[0::2]  # alternate sorted ids: disjoint and balanced
     image, mask = data.train_a[0]
     assert tuple(image.shape) == (3, 16, 16) and tuple(mask.shape) == (16, 16)
     assert len(ShardDataset(out, "train")) == 10

@@ -160,8 +160,10 @@ def test_search_on_prepared_parquet_shards(tmp_path):
     result = _nasplat(["search", "--dataset", "parquet:shards", "--epochs", "1", "--image-size", "16",
                        "--batch-size", "1", "--space-option", "C=4", "--space-option", "layers=3", "--name", "pq"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 workers x (0.5 CPU)" in result.stdout and "1 CPU left for Ray Data" in result.stdout
     _, _, children = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "nasplat-search")
     params = children[0].data.params
+    assert params["data_reader"] == "ray_data"  # workers read their shards through Ray Data
     assert params["dataset"] == f"parquet:{tmp_path / 'shards'}"  # made absolute for the workers
-    assert "train_a = even indices" in params["data.split_rule"]
+    assert "alternate ids go to train_a" in params["data.split_rule"]
     assert "val_iou.road" in children[0].data.metrics  # Cityscapes class names from the manifest

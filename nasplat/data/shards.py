@@ -614,6 +614,10 @@ class ShardDataset(Dataset):
         table = self._cached[f][1]
         return {c: table.column(c)[row - group_starts[g]].as_py() for c in columns}
 
+    def sample_ids(self) -> list[str]:
+        """Every ``sample_id`` of the split in item order (reads only that column)."""
+        return [sid for path in self._files for sid in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
+
     def sample_id(self, i: int) -> str:
         """The ``sample_id`` of item ``i``."""
         return self._row(i, ["sample_id"])["sample_id"]
@@ -645,13 +649,19 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def decode_batch(batch: dict[str, np.ndarray], transform: Transform | None = None) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], transform: Transform | None = None, keep: Callable[[str], bool] | None = None
+) -> dict[str, np.ndarray]:
     """Decode a numpy batch of shard rows into ``sample_id``, ``image`` and ``mask`` columns.
 
     ``image`` is float32 ``[B, 3, H, W]`` and ``mask`` int64 ``[B, H, W]`` when every
     sample has the same size (e.g. after a cropping transform); otherwise both are
     1-D object arrays of per-sample arrays (Ray stores them as variable-shaped tensors).
+    Rows whose ``sample_id`` fails ``keep`` are dropped before decoding.
     """
+    if keep is not None:
+        rows = np.asarray([bool(keep(str(sid))) for sid in batch["sample_id"]], dtype=bool)
+        batch = {key: np.asarray(value)[rows] for key, value in batch.items()}
     images, masks = [], []
     for image_bytes, mask_bytes in zip(batch["image"], batch["mask"]):
         image, mask = decode_image(image_bytes), decode_mask(mask_bytes)
@@ -671,6 +681,7 @@ def ray_dataset(
     *,
     batch_size: int = 16,
     verify: bool = True,
+    keep: Callable[[str], bool] | None = None,
 ) -> ray.data.Dataset:
     """A Ray Dataset of ``split`` with columns ``sample_id``, ``image``, ``mask``.
 
@@ -680,6 +691,7 @@ def ray_dataset(
     samples of different sizes come out as variable-shaped tensors: iterate with
     ``batch_size=1`` (or ``iter_rows``) rather than collating them into torch batches.
     Leave CPUs free for Ray Data when Train workers run on the same cluster.
+    ``keep`` (a picklable predicate on ``sample_id``) selects a subset of the rows.
     """
     import ray.data  # lazy: Ray is only needed here
 
@@ -688,5 +700,5 @@ def ray_dataset(
     if not files:
         raise ShardError(f"{root}: split {split!r} has no shards (all samples skipped?)")
     ds = ray.data.read_parquet(files).select_columns(["sample_id", "image", "mask"])
-    return ds.map_batches(partial(decode_batch, transform=transform), batch_format="numpy",
+    return ds.map_batches(partial(decode_batch, transform=transform, keep=keep), batch_format="numpy",
                           batch_size=batch_size)

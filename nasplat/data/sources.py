@@ -2,13 +2,15 @@
 
 ``synthetic`` (built in), ``voc`` and ``cityscapes`` (official layouts under ``data_root``) and
 ``parquet:DIR`` (shards written by ``nasplat data prepare``). The training split is cut into the
-two disjoint halves of a DARTS search by index parity (A = even, B = odd), so they are disjoint by
-construction whatever the dataset.
+two disjoint halves of a DARTS search by sample id: sorted ids alternate between A and B, so the
+halves are disjoint by construction, balanced, and the same whichever reader (a local Dataset or
+Ray Data) sees the shards.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 from torch.utils.data import Dataset, Subset
 
@@ -47,8 +49,9 @@ def search_data(
         root = Path(dataset.split(":", 1)[1])
         manifest = read_manifest(root)
         train_split = "train_aug" if "train_aug" in manifest.splits else "train"
-        train = ShardDataset(root, train_split, train_tf)
-        val = ShardDataset(root, "val", val_tf, verify=False)  # verified with the train split
+        # the search driver verifies the manifest once (verify_shards) before workers start
+        train = ShardDataset(root, train_split, train_tf, verify=False)
+        val = ShardDataset(root, "val", val_tf, verify=False)
         return _halves(train, val, tuple(manifest.class_names), {"dataset": "parquet", "root": str(root),
                                                                  "train_split": train_split})
     if dataset in ("voc", "cityscapes"):
@@ -75,13 +78,29 @@ def _has_voc_split(root: str, split: str) -> bool:
     return True
 
 
+SPLIT_RULE = "sample ids sorted; alternate ids go to train_a (weights) and train_b (architecture)"
+
+
+def split_halves(sample_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """The ids of search halves A and B: sorted ids, alternately assigned (disjoint, balanced)."""
+    ordered = sorted(sample_ids)
+    return frozenset(ordered[0::2]), frozenset(ordered[1::2])
+
+
+def _ids(dataset: Dataset) -> list[str]:
+    if isinstance(dataset, ShardDataset):
+        return dataset.sample_ids()
+    return [record.sample_id for record in dataset.records]
+
+
 def _halves(train: Dataset, val: Dataset, class_names: tuple[str, ...], description: dict) -> SearchData:
-    n = len(train)
-    if n < 2:
-        raise ValueError(f"{description['dataset']}: the training split has {n} sample(s); a search needs at least 2")
-    train_a = Subset(train, range(0, n, 2))
-    train_b = Subset(train, range(1, n, 2))
-    description = {**description, "split_rule": "train_a = even indices, train_b = odd indices",
+    ids = _ids(train)
+    if len(ids) < 2:
+        raise ValueError(f"{description['dataset']}: the training split has {len(ids)} sample(s); a search needs at least 2")
+    half_a, _ = split_halves(ids)
+    train_a = Subset(train, [i for i, sid in enumerate(ids) if sid in half_a])
+    train_b = Subset(train, [i for i, sid in enumerate(ids) if sid not in half_a])
+    description = {**description, "split_rule": SPLIT_RULE,
                    "counts": {"train_a": len(train_a), "train_b": len(train_b), "val": len(val)}}
     return SearchData(train_a, train_b, val, len(class_names), class_names, description)
 

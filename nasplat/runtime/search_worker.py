@@ -16,6 +16,7 @@ from nasplat.config import SearchConfig
 from nasplat.distributed import max_abs_difference
 from nasplat.genotype import genotype_from_dict
 from nasplat.robust import StopDecision
+from nasplat.runtime.ray_data import worker_streams
 from nasplat.search_loop import SupernetSearch
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import RunLogger
@@ -44,7 +45,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     is_rank0 = context.get_world_rank() == 0
     device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
-    search = SupernetSearch(config, device=device)
+    search = SupernetSearch(config, device=device, streams=worker_streams(config.batch_size))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -53,7 +54,10 @@ def search_worker(loop_config: dict[str, Any]) -> None:
             print(f"[nasplat] resumed from {checkpoint.path} at epoch {search.epoch}", flush=True)
     logger = RunLogger(tracking_uri, run_id) if is_rank0 else None
     if logger is not None:
-        logger.log_params({"data": search.data.description, "supernet_weight_params": sum(p.numel() for p in search.model.weight_parameters())})
+        logger.log_params({
+            "data": search.data.description, "data_reader": "ray_data" if search.streams else "torch_dataloader",
+            "supernet_weight_params": sum(p.numel() for p in search.model.weight_parameters()),
+        })
 
     previous = None
     while search.epoch < config.epochs:

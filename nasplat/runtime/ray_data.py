@@ -1,0 +1,59 @@
+"""Ray Data ingestion of Parquet shards for a search: one dataset per split, a shard per worker.
+
+The driver builds the datasets (reading, decoding and augmentation run in Ray Data tasks, not on
+the Train workers); ``TorchTrainer`` splits each one with ``streaming_split(equal=True)``, so every
+worker sees a disjoint, equally long part of every split each epoch.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Iterator
+
+import ray.train
+import torch
+
+from nasplat.config import SearchConfig
+from nasplat.data.shards import ShardDataset, ray_dataset, read_manifest
+from nasplat.data.sources import split_halves
+from nasplat.data.transforms import SegmentationAugment
+from nasplat.search_loop import BatchStream
+
+SPLITS = ("train_a", "train_b", "val")
+RESERVED_CPUS = 1.0
+"""CPUs left to Ray Data's read/decode tasks; without them the stream stalls behind the workers."""
+
+
+def uses_ray_data(config: SearchConfig) -> bool:
+    return config.dataset.startswith("parquet:")
+
+
+def search_datasets(config: SearchConfig) -> dict[str, "ray.data.Dataset"]:
+    """Ray Datasets of search halves A and B (the same sample-id rule as the local reader) and val."""
+    root = Path(config.dataset.split(":", 1)[1])
+    manifest = read_manifest(root)
+    train_split = "train_aug" if "train_aug" in manifest.splits else "train"
+    half_a, half_b = split_halves(ShardDataset(root, train_split, verify=False).sample_ids())
+    crop = (config.image_size, config.image_size)
+    train = SegmentationAugment(crop=crop, train=True, seed=config.seed)
+    val = SegmentationAugment(crop=crop, train=False)
+    batch = max(config.batch_size, 16)
+    datasets = {
+        "train_a": ray_dataset(root, train_split, train, keep=half_a.__contains__, verify=False, batch_size=batch),
+        "train_b": ray_dataset(root, train_split, train, keep=half_b.__contains__, verify=False, batch_size=batch),
+        "val": ray_dataset(root, "val", val, verify=False, batch_size=batch),
+    }
+    return {name: ds.drop_columns(["sample_id"]) for name, ds in datasets.items()}
+
+
+def worker_streams(batch_size: int) -> dict[str, BatchStream]:
+    """This worker's shard of every split as epoch-batch callables (empty without Ray Data)."""
+    shards = {name: ray.train.get_dataset_shard(name) for name in SPLITS}
+    if any(shard is None for shard in shards.values()):
+        return {}
+    return {name: partial(_batches, shard, batch_size, name != "val") for name, shard in shards.items()}
+
+
+def _batches(shard, batch_size: int, drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last):
+        yield batch["image"], batch["mask"]
