@@ -6,6 +6,7 @@ from nasplat.bilevel import BilevelOptimizer
 from nasplat.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
 from nasplat.genotype import Genotype, GenotypeError, genotype_from_dict, load_genotype, save_genotype
 from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.models import available_models, get_model, register_model
 from nasplat.ops import (
     DARTS_OPS,
     DilConv,
@@ -36,7 +37,7 @@ __all__ = [
     "BilevelOptimizer", "ConfusionMatrix", "DARTS_OPS", "DilConv", "DiscreteCell", "FactorizedReduce",
     "Genotype", "GenotypeError", "IGNORE_INDEX", "Identity", "MixedCell", "MixedOp", "OpChoice",
     "ReLUConvBN", "SearchSpace", "SepConv", "Supernet", "UnknownOpError", "UnknownSpaceError", "Zero",
-    "available_spaces", "build_op", "cell_edges", "decode_cell", "genotype_from_dict", "get_op",
-    "get_space", "load_genotype", "register_op", "register_space", "registered_ops", "resize_to",
+    "available_models", "available_spaces", "build_op", "cell_edges", "decode_cell", "genotype_from_dict", "get_model", "get_op",
+    "get_space", "load_genotype", "register_model", "register_op", "register_space", "registered_ops", "resize_to",
     "save_genotype", "__version__",
 ]

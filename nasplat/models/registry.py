@@ -1,0 +1,50 @@
+"""Registry of hand-designed segmentation models, so baselines and searched networks share one path.
+
+``@register_model("name")`` on a factory ``(num_classes, **options) -> nn.Module`` whose module
+maps [N,3,H,W] to logits [N,num_classes,H,W] (in eval mode; in train mode a model may return
+extra auxiliary outputs, documented by the model).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+ModelFactory = Callable[..., nn.Module]
+_MODELS: dict[str, ModelFactory] = {}
+
+
+class UnknownModelError(KeyError):
+    """No registered model has that name; the message lists those that exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_model(name: str, *, override: bool = False) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering a model factory under ``name``."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in _MODELS and _MODELS[name] is not factory and not override:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = factory
+        return factory
+
+    return decorate
+
+
+def _load_builtin_models() -> None:
+    import nasplat.models.baselines  # noqa: F401  (registers the built-in baselines)
+
+
+def available_models() -> tuple[str, ...]:
+    _load_builtin_models()
+    return tuple(sorted(_MODELS))
+
+
+def get_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a registered model: ``get_model("deeplabv3plus", num_classes=19, backbone="resnet101")``."""
+    _load_builtin_models()
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS)) or 'none'}")
+    return _MODELS[name](num_classes=num_classes, **options)
