@@ -115,7 +115,7 @@ def _plain_worker(rank: int, root: str, crop: int, batch_size: int, epochs: int,
         sampler.set_epoch(epoch)
         barrier.wait()  # common start: every process (and the parent) is ready
         n = 0
-        for images, masks in loader:
+        for images, _masks in loader:
             n += images.shape[0]
         results.put((epoch, rank, n, time.monotonic()))
 
