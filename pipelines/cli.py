@@ -154,11 +154,38 @@ def _run_data(args: argparse.Namespace) -> None:
     print(describe(manifest, out))
 
 
+def _add_compare_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="table of the searches recorded in an MLflow experiment",
+        description="One row per search (MLflow parent run): name, id, status, space, dataset, best mIoU, "
+        "supernet parameters, epochs, CPU- or GPU-hours (child runs' wall time x workers x CPUs or GPUs per "
+        "worker), genotype hash, start time.",
+    )
+    parser.add_argument("--experiment", default="nasplat-search", help="MLflow experiment name (default nasplat-search)")
+    parser.add_argument("--tracking-uri", help=SEARCH_HELP["tracking_uri"])
+    parser.add_argument("--sort", default="best_miou", metavar="COLUMN", help="column to sort by: run_name, run_id, "
+                        "status, space, dataset, best_miou, supernet_params, epochs, hours, genotype, started "
+                        "(default best_miou; descending unless --ascending; missing values last)")
+    parser.add_argument("--ascending", action="store_true", help="sort ascending")
+    parser.add_argument("--limit", type=int, metavar="N", help="show the first N rows only")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+
+
+def _add_ui_parser(subparsers) -> None:
+    parser = subparsers.add_parser("ui", help="start the MLflow UI on the project's tracking store",
+                                   description="Run `mlflow ui` on the local store (SQLite artifacts beside it).")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasplat", description="Distributed NAS for semantic segmentation.")
     subparsers = parser.add_subparsers(dest="command", required=False)
     _add_search_parser(subparsers)
     _add_data_parser(subparsers)
+    _add_compare_parser(subparsers)
+    _add_ui_parser(subparsers)
     return parser
 
 
@@ -177,6 +204,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_outcome(run_search(config, argv=["nasplat", *argv]))
         elif args.command == "data":
             _run_data(args)
+        elif args.command == "compare":
+            from pipelines.compare import run_compare
+
+            return run_compare(args)
+        elif args.command == "ui":
+            from pipelines.compare import run_ui
+
+            return run_ui(args)
     except (ConfigError, FileNotFoundError, KeyError, DataError, ShardError) as err:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2

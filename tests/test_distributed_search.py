@@ -39,6 +39,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
              "first_batch": first_batch, "miou": evaluation["val_miou"]},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        dist.barrier()  # no rank tears gloo down while the other is still communicating
     finally:
         dist.destroy_process_group()
 
@@ -63,6 +64,7 @@ def _average_worker(rank: int, port: int, out_dir: str) -> None:
         tensors = [torch.full((2, 3), float(rank + 1)), torch.arange(4, dtype=torch.float64) * (rank + 1)]
         average_(tensors)
         torch.save(tensors, os.path.join(out_dir, f"avg{rank}.pt"))
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -238,6 +238,7 @@ def _worker(rank, world, port, outdir):
         cm.update(pred, gt)
         cm.all_reduce()
         torch.save({"matrix": cm.matrix.clone(), "miou": cm.miou()}, os.path.join(outdir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still communicates
     finally:
         dist.destroy_process_group()
 

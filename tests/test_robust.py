@@ -186,6 +186,7 @@ def _eigen_worker(rank: int, port: int, out_dir: str) -> None:
         value = dominant_hessian_eigenvalue(model, loss_fn, batches[rank : rank + 1], iterations=300, tol=1e-12)
         with open(os.path.join(out_dir, f"eig{rank}.json"), "w") as f:
             json.dump(value, f)
+        dist.barrier()  # no rank tears gloo down while the other still communicates
     finally:
         dist.destroy_process_group()
 

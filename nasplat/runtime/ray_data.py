@@ -47,10 +47,8 @@ def search_datasets(config: SearchConfig) -> dict[str, "ray.data.Dataset"]:
 
 
 def worker_streams(batch_size: int) -> dict[str, BatchStream]:
-    """This worker's shard of every split as epoch-batch callables (empty without Ray Data)."""
+    """This worker's shard of every split as epoch-batch callables (call only with Ray Data datasets)."""
     shards = {name: ray.train.get_dataset_shard(name) for name in SPLITS}
-    if any(shard is None for shard in shards.values()):
-        return {}
     return {name: partial(_batches, shard, batch_size, name != "val") for name, shard in shards.items()}
 
 

@@ -16,7 +16,7 @@ from nasplat.config import SearchConfig
 from nasplat.distributed import max_abs_difference
 from nasplat.genotype import genotype_from_dict
 from nasplat.robust import StopDecision
-from nasplat.runtime.ray_data import worker_streams
+from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.search_loop import SupernetSearch
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import RunLogger
@@ -45,7 +45,8 @@ def search_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     is_rank0 = context.get_world_rank() == 0
     device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
-    search = SupernetSearch(config, device=device, streams=worker_streams(config.batch_size))
+    streams = worker_streams(config.batch_size) if uses_ray_data(config) else None
+    search = SupernetSearch(config, device=device, streams=streams)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -1,0 +1,362 @@
+"""`nasplat compare` (a table of the searches in an MLflow experiment) and `nasplat ui` (the MLflow UI).
+
+``search_rows`` reads what ``pipelines.search`` records: one parent run per search (tag
+``nasplat.kind`` = ``search``) and one child run per Tune trial (tag ``nasplat.kind`` =
+``search-trial``, ``mlflow.parentRunId`` = the parent). ``format_rows`` renders them.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nasplat.tracking import PARENT_TAG, local_artifact_root, resolve_tracking_uri
+
+DEFAULT_EXPERIMENT = "nasplat-search"
+FORMATS = ("table", "csv", "json")
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_name", "run name"),
+    ("run_id", "run id"),
+    ("status", "status"),
+    ("space", "space"),
+    ("dataset", "dataset"),
+    ("best_miou", "best mIoU"),
+    ("supernet_params", "supernet params"),
+    ("epochs", "epochs"),
+    ("device_hours", "device-h"),  # the table says CPU-h or GPU-h (see ``device_unit``)
+    ("genotype_hash", "genotype"),
+    ("started_at", "started"),
+)
+"""Row keys in display order, with their table headings."""
+
+NUMERIC = {"best_miou", "supernet_params", "epochs", "device_hours"}
+SORT_ALIASES = {
+    "name": "run_name", "run": "run_name", "id": "run_id", "miou": "best_miou", "best_val_miou": "best_miou",
+    "params": "supernet_params", "supernet_weight_params": "supernet_params", "epoch": "epochs",
+    "hours": "device_hours", "cpu_h": "device_hours", "gpu_h": "device_hours", "device_h": "device_hours",
+    "cpu_hours": "device_hours", "gpu_hours": "device_hours", "genotype": "genotype_hash",
+    "started": "started_at", "start": "started_at", "start_time": "started_at",
+}
+
+
+class CompareError(Exception):
+    """The store, the experiment or an option is wrong; the CLI prints it and exits with 2."""
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def open_store(tracking_uri: str | None):
+    """An ``MlflowClient`` on an existing store (never creates one), and the resolved URI."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri and "://" not in tracking_uri and ":" not in tracking_uri[:2]:
+        # a plain path: resolve_tracking_uri would create its folder, so check first
+        path = Path(tracking_uri).expanduser()
+        if not (path.is_file() or (path / "mlflow.db").is_file()):
+            raise CompareError(f"no MLflow store at {path.resolve()} (no such database file)")
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise CompareError(
+                f"no MLflow store at {uri} (the file does not exist); run `nasplat search` in this "
+                "folder first, or pass --tracking-uri"
+            )
+    elif uri.startswith("file://"):
+        folder = Path(uri[len("file://"):])
+        if not folder.is_dir():
+            raise CompareError(f"no MLflow store at {uri} (the folder does not exist)")
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def _all_runs(client, experiment_id: str, filter_string: str) -> list:
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value in ("", "None", "none", "null"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _wall_seconds(client, run) -> float | None:
+    """end - start; a run that never ended (running, or interrupted) counts its epochs' ``epoch_time_s``."""
+    info = run.info
+    if info.start_time and info.end_time:
+        return max(0.0, (info.end_time - info.start_time) / 1000.0)
+    if "epoch_time_s" in run.data.metrics:
+        history = client.get_metric_history(info.run_id, "epoch_time_s")
+        by_step = {m.step: m.value for m in history}  # a resumed epoch is logged again with its step
+        return float(sum(by_step.values()))
+    return None
+
+
+def _device(params: dict[str, str], fallback: dict[str, str]) -> tuple[str, float, int]:
+    """("GPU"|"CPU", devices per worker, workers) from a run's params."""
+    def get(key: str) -> Any:
+        return params.get(key, fallback.get(key))
+
+    workers = int(_number(get("workers")) or 1)
+    gpus = _number(get("gpus_per_worker")) or 0.0
+    if gpus > 0:
+        return "GPU", gpus, workers
+    cpus = _number(get("cpus_per_worker"))
+    return "CPU", cpus if cpus and cpus > 0 else 1.0, workers
+
+
+def _started(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return _dt.datetime.fromtimestamp(ms / 1000.0).astimezone().isoformat(timespec="seconds")
+
+
+def _row(client, parent, children: list) -> dict[str, Any]:
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    best_id = tags.get("nasplat.best_trial_run")
+    best = next((c for c in children if c.info.run_id == best_id), None)
+    if best is None and children:  # search still running (or failed): the best trial so far
+        scored = [c for c in children if "val_miou" in c.data.metrics]
+        best = max(scored, key=lambda c: c.data.metrics["val_miou"]) if scored else None
+
+    supernet = None
+    for run in ([best] if best is not None else []) + children:
+        supernet = _number(run.data.params.get("supernet_weight_params"))
+        if supernet is not None:
+            break
+
+    epochs = None
+    if best is not None and "epoch" in best.data.metrics:
+        history = client.get_metric_history(best.info.run_id, "epoch")
+        epochs = max((m.value for m in history), default=best.data.metrics["epoch"])
+    if epochs is None:
+        epochs = _number((best.data.params if best is not None else {}).get("epochs", params.get("epochs")))
+
+    unit = _device(params, {})[0]
+    hours = None
+    for child in children:
+        seconds = _wall_seconds(client, child)
+        if seconds is None:
+            continue
+        child_unit, child_per_worker, child_workers = _device(child.data.params, params)
+        unit = child_unit
+        hours = (hours or 0.0) + seconds / 3600.0 * child_workers * child_per_worker
+
+    return {
+        "run_name": tags.get("nasplat.run_name") or parent.info.run_name or tags.get("mlflow.runName"),
+        "run_id": parent.info.run_id,
+        "status": parent.info.status,
+        "space": tags.get("nasplat.space") or params.get("space"),
+        "dataset": params.get("dataset"),
+        "best_miou": metrics.get("best_val_miou"),
+        "supernet_params": int(supernet) if supernet is not None else None,
+        "epochs": int(epochs) if epochs is not None else None,
+        "device_hours": hours,
+        "device_unit": f"{unit}-h",
+        "genotype_hash": tags.get("genotype_hash"),
+        "started_at": _started(parent.info.start_time),
+        "trials": len(children),
+    }
+
+
+def sort_key_name(column: str) -> str:
+    """A row key from a key, a heading or an alias (case, spaces and dashes don't matter)."""
+    name = column.strip().lower().replace("-", "_").replace(" ", "_")
+    keys = {key for key, _ in COLUMNS}
+    headings = {heading.lower().replace("-", "_").replace(" ", "_"): key for key, heading in COLUMNS}
+    if name in keys:
+        return name
+    if name in headings:
+        return headings[name]
+    if name in SORT_ALIASES:
+        return SORT_ALIASES[name]
+    raise CompareError(f"cannot sort by {column!r}; columns: {', '.join(key for key, _ in COLUMNS)}")
+
+
+def sort_rows(rows: Iterable[dict[str, Any]], column: str = "best_miou", ascending: bool = False) -> list[dict[str, Any]]:
+    """Rows ordered by ``column``; rows missing it go last either way."""
+    key = sort_key_name(column)
+    rows = list(rows)
+    present = [r for r in rows if r.get(key) is not None]
+    missing = [r for r in rows if r.get(key) is None]
+    sort_value = (lambda r: float(r[key])) if key in NUMERIC else (lambda r: str(r[key]).lower())
+    return sorted(present, key=sort_value, reverse=not ascending) + missing
+
+
+def search_rows(
+    tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, sort: str = "best_miou",
+    ascending: bool = False, limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per search (parent run) in ``experiment``; raises ``CompareError`` for a missing store/experiment."""
+    if limit is not None and limit < 0:
+        raise CompareError(f"--limit must be >= 0, got {limit}")
+    sort_key_name(sort)  # a bad column fails before the store is read
+    client, uri = open_store(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise CompareError(
+                f"no experiment {experiment!r} in {uri}; existing experiments: "
+                + (", ".join(repr(n) for n in names) if names else "none")
+            )
+        parents = _all_runs(client, found.experiment_id, "tags.`nasplat.kind` = 'search'")
+        trials = _all_runs(client, found.experiment_id, "tags.`nasplat.kind` = 'search-trial'") if parents else []
+        children: dict[str, list] = {}
+        for trial in trials:
+            children.setdefault(trial.data.tags.get(PARENT_TAG, ""), []).append(trial)
+        rows = [_row(client, p, children.get(p.info.run_id, [])) for p in parents]
+    except MlflowException as err:
+        raise CompareError(f"cannot read the MLflow store {uri}: {err.message}") from err
+    rows = sort_rows(rows, sort, ascending)
+    return rows[:limit] if limit is not None else rows
+
+
+# ---------------------------------------------------------------------------------------- formatting
+
+
+def _hours(value: float) -> str:
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
+def _cell(key: str, row: dict[str, Any], mixed_units: bool) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return "-"
+    if key == "run_id":
+        return str(value)[:8]
+    if key == "best_miou":
+        return f"{value:.4f}"
+    if key == "supernet_params":
+        return f"{value:,}"
+    if key == "device_hours":
+        return _hours(value) + (f" {row['device_unit']}" if mixed_units else "")
+    if key == "started_at":
+        return _dt.datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    units = {r["device_unit"] for r in rows if r.get("device_hours") is not None} or {r["device_unit"] for r in rows}
+    mixed = len(units) > 1
+    hours_heading = "device-h" if mixed or not units else next(iter(units))
+    headings = [hours_heading if key == "device_hours" else heading for key, heading in COLUMNS]
+    cells = [[_cell(key, row, mixed) for key, _ in COLUMNS] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headings)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [
+            v.rjust(w) if key in NUMERIC else v.ljust(w)
+            for (key, _), v, w in zip(COLUMNS, values, widths)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(headings), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
+CSV_FIELDS = [key for key, _ in COLUMNS] + ["device_unit", "trials"]
+
+
+def format_csv(rows: Sequence[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
+    return out.getvalue().rstrip("\n")
+
+
+def format_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
+    """``table`` (aligned, "-" for missing values), ``csv`` (empty cells) or ``json`` (null)."""
+    if fmt == "table":
+        return format_table(rows)
+    if fmt == "csv":
+        return format_csv(rows)
+    if fmt == "json":
+        return json.dumps([{k: r.get(k) for k in CSV_FIELDS} for r in rows], indent=2)
+    raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    try:
+        rows = search_rows(args.tracking_uri, args.experiment, args.sort, args.ascending, args.limit)
+    except CompareError as err:
+        print(f"nasplat: error: {err}", file=sys.stderr)
+        return 2
+    if not rows:
+        message = f"no search runs in experiment {args.experiment!r}"
+        if args.format == "table":
+            print(message)
+            return 0
+        print(message, file=sys.stderr)  # stdout stays parseable
+    print(format_rows(rows, args.format))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- nasplat ui
+
+
+def ui_argv(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line serving ``tracking_uri`` (a resolved, local store)."""
+    if _is_remote(tracking_uri):
+        raise CompareError(
+            f"{tracking_uri} is already an MLflow tracking server: open {tracking_uri} in a browser instead"
+        )
+    argv = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri]
+    root = local_artifact_root(tracking_uri)
+    if root is not None:
+        argv += ["--default-artifact-root", root]
+    return argv + ["--host", host, "--port", str(port)]
+
+
+def ui_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    try:
+        if args.tracking_uri and _is_remote(args.tracking_uri):
+            ui_argv(args.tracking_uri)  # raises with the message
+        _, uri = open_store(args.tracking_uri)
+        argv = ui_argv(uri, args.host, args.port)
+    except CompareError as err:
+        print(f"nasplat: error: {err}", file=sys.stderr)
+        return 2
+    print(f"MLflow UI: {ui_url(args.host, args.port)}  (store {uri}; Ctrl+C stops it)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"nasplat: warning: listening on {args.host}, not only this machine", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, argv)  # signals (Ctrl+C, SIGTERM) go straight to the server
+    try:
+        return subprocess.call(argv)
+    except KeyboardInterrupt:
+        return 130
