@@ -79,6 +79,20 @@ class SearchSpace(ABC):
     def build(self, genotype: Genotype, num_classes: int, **options) -> nn.Module:
         """The discrete network to retrain: [N,3,H,W] -> logits [N,num_classes,H,W]."""
 
+    def require_arch(self, arch: Mapping[str, torch.Tensor], *names: str) -> None:
+        """Raise KeyError naming the space and the missing tensors if ``arch`` lacks any of ``names``."""
+        missing = sorted(set(names) - set(arch))
+        if missing:
+            raise KeyError(f"{self.name} arch parameters need {list(names)}; missing {missing}")
+
+    def require_genotype(self, genotype: object) -> None:
+        """Raise TypeError unless ``genotype`` is this space's genotype type."""
+        if not isinstance(genotype, self.genotype_type):
+            raise TypeError(
+                f"the {self.name} space builds {self.genotype_type.__name__}, got {type(genotype).__name__} "
+                f"(space {getattr(genotype, 'space', None)!r})"
+            )
+
     def __repr__(self) -> str:
         return f"<search space {self.name!r}: {len(self.ops)} ops>"
 

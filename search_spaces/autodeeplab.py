@@ -697,9 +697,7 @@ class AutoDeepLabSpace(SearchSpace):
         ``beta_norm`` is the supernet's (``supernet.decode_options()``); ``None`` means the
         default, ``"paper"``.
         """
-        missing = {"alpha", "beta"} - set(arch)
-        if missing:
-            raise KeyError(f"Auto-DeepLab arch parameters need 'alpha' and 'beta'; missing {sorted(missing)}")
+        self.require_arch(arch, "alpha", "beta")
         alpha, beta = arch["alpha"], arch["beta"]
         beta_norm = _check_beta_norm(beta_norm or DEFAULT_BETA_NORM)
         blocks = _blocks_from_edges(alpha.shape[0])
@@ -712,9 +710,5 @@ class AutoDeepLabSpace(SearchSpace):
 
     def build(self, genotype: Genotype, num_classes: int, **options) -> AutoDeepLabNetwork:
         """Options: ``F=20`` (S/M/L: 20/32/48) and those of :class:`AutoDeepLabNetwork`."""
-        if not isinstance(genotype, AutoDeepLabGenotype):
-            raise TypeError(
-                f"the autodeeplab space builds AutoDeepLabGenotype, got {type(genotype).__name__} "
-                f"(space {getattr(genotype, 'space', None)!r})"
-            )
+        self.require_genotype(genotype)
         return AutoDeepLabNetwork(genotype, num_classes, **options)

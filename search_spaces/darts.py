@@ -222,9 +222,7 @@ class DartsSpace(SearchSpace):
         return DartsSupernet(num_classes, **options)
 
     def decode(self, arch: Mapping[str, torch.Tensor], **options) -> DartsGenotype:
-        missing = {"normal", "reduce"} - set(arch)
-        if missing:
-            raise KeyError(f"DARTS arch parameters need 'normal' and 'reduce'; missing {sorted(missing)}")
+        self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))
         return DartsGenotype(
             normal=decode_cell(arch["normal"], self.ops, NUM_NODES),
@@ -234,8 +232,7 @@ class DartsSpace(SearchSpace):
         )
 
     def build(self, genotype: Genotype, num_classes: int, **options) -> DartsNetwork:
-        if not isinstance(genotype, DartsGenotype):
-            raise TypeError(f"the darts space builds DartsGenotype, got {type(genotype).__name__} (space {getattr(genotype, 'space', None)!r})")
+        self.require_genotype(genotype)
         return DartsNetwork(genotype, num_classes, **options)
 
 
