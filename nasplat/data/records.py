@@ -207,7 +207,7 @@ class RecordDataset(Dataset):
         _, img = _open_image(record.image_path)
         mask = read_mask(record.mask_path, self.label_map, self.num_classes)
         _check_sizes(record, (img.height, img.width), mask)
-        rgb = np.asarray(img.convert("RGB"))
+        rgb = np.array(img.convert("RGB"))  # writable: transforms may work in place
         if self.transform is not None:
             return self.transform(rgb, mask)
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
