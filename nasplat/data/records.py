@@ -131,7 +131,7 @@ def read_mask(path: str | Path, label_map: np.ndarray | None, num_classes: int) 
             f"mask has mode {img.mode!r}; masks must be single-channel index images "
             "(palette 'P' or 8-bit 'L' PNG), not colour images",
         )
-    raw = np.asarray(img)
+    raw = np.array(img)  # a writable copy: callers and transforms may modify it
     if raw.dtype != np.uint8:  # 16/32-bit index images: values must still fit 0..255
         too_big = np.unique(raw[(raw < 0) | (raw > 255)])
         if too_big.size:
