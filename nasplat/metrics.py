@@ -27,8 +27,11 @@ class ConfusionMatrix:
             prediction = prediction.argmax(dim=1)
         if prediction.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(prediction.shape)} != target shape {tuple(target.shape)}")
-        target = target.reshape(-1).to(torch.int64).cpu()
-        prediction = prediction.reshape(-1).to(torch.int64).cpu()
+        # counted on the batch's device (no per-batch copy to the host; NCCL reduces device tensors)
+        target = target.reshape(-1).to(torch.int64)
+        prediction = prediction.reshape(-1).to(target.device, torch.int64)
+        if self.matrix.device != target.device:
+            self.matrix = self.matrix.to(target.device)
         keep = target != self.ignore_index
         target, prediction = target[keep], prediction[keep]
         bad = (target < 0) | (target >= self.num_classes)
@@ -53,8 +56,8 @@ class ConfusionMatrix:
         self.matrix.zero_()
 
     def iou(self) -> torch.Tensor:
-        """Per-class IoU = TP / (TP + FP + FN); NaN where the denominator is 0."""
-        m = self.matrix.double()
+        """Per-class IoU = TP / (TP + FP + FN) on the CPU; NaN where the denominator is 0."""
+        m = self.matrix.double().cpu()
         tp = m.diag()
         denominator = m.sum(0) + m.sum(1) - tp
         out = torch.full_like(tp, float("nan"))

@@ -102,7 +102,10 @@ class SupernetSearch:
         self.bilevel = BilevelOptimizer(
             self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn, order=config.order, grad_clip=config.grad_clip
         )
-        self.loaders = {name: self._loader(getattr(self.data, name), shuffle=name != "val") for name in ("train_a", "train_b", "val")}
+        self.loaders = {  # only for the splits no stream (e.g. Ray Data) replaces
+            name: self._loader(getattr(self.data, name), shuffle=name != "val")
+            for name in ("train_a", "train_b", "val") if name not in self.streams
+        }
         self.epoch = 0
         self.epochs_trained = 0  # counts rolled-back epochs too: the step of logged metrics
         self.stopper = self._make_stopper()
@@ -141,8 +144,8 @@ class SupernetSearch:
     def train_epoch(self) -> dict[str, float]:
         """One pass over split A, pairing each batch with a fresh batch of split B."""
         self.model.train()
-        for name in ("train_a", "train_b"):
-            self.loaders[name].sampler.set_epoch(self.epoch)  # harmless when a stream replaces it
+        for loader in self.loaders.values():
+            loader.sampler.set_epoch(self.epoch)
         started, samples = time.perf_counter(), 0
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         steps = 0
@@ -171,11 +174,12 @@ class SupernetSearch:
         average_buffers_(self.model)
         self.model.eval()
         matrix = ConfusionMatrix(self.data.num_classes)
-        loss_sum = torch.zeros(2, dtype=torch.float64)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
         for images, masks in self._batches("val"):
             logits = self.model(images.to(self.device))
             masks = masks.to(self.device)
-            loss_sum += torch.tensor([float(self.loss_fn(logits, masks)) * images.shape[0], images.shape[0]], dtype=torch.float64)
+            loss_sum[0] += self.loss_fn(logits, masks).double() * images.shape[0]
+            loss_sum[1] += images.shape[0]
             matrix.update(logits.argmax(1), masks)
         matrix.all_reduce()
         if world_size() > 1:

@@ -9,23 +9,23 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from nasplat.data.cityscapes import CITYSCAPES_CLASSES, LABEL_ID_TO_TRAIN_ID, cityscapes_records
-from nasplat.data.records import DataError, SampleRecord, load_sample
+from nasplat.data.cityscapes import (
+    CITYSCAPES_CLASSES,
+    LABEL_ID_TO_TRAIN_ID,
+    cityscapes_records,
+)
+from nasplat.data.records import SampleRecord, load_sample
 from nasplat.data.shards import DEFAULT_MAX_SHARD_BYTES, Manifest, prepare_shards
 from nasplat.data.synthetic import SyntheticScenes
-from nasplat.data.voc import VOC_CLASSES, voc_records
+from nasplat.data.voc import AUG_SPLIT, VOC_CLASSES, voc_has_split, voc_records
 
 SOURCES = ("voc", "cityscapes", "synthetic")
 
 
 def default_splits(source: str, root: str | None) -> list[str]:
     """VOC: train_aug (if present) or train, plus val; Cityscapes and synthetic: train, val."""
-    if source == "voc":
-        try:
-            voc_records(root, "train_aug")
-            return ["train_aug", "val"]
-        except DataError:
-            return ["train", "val"]
+    if source == "voc" and voc_has_split(root, AUG_SPLIT):
+        return [AUG_SPLIT, "val"]
     return ["train", "val"]
 
 

@@ -24,6 +24,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from nasplat.metrics import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
     "DataError",
@@ -35,7 +37,6 @@ __all__ = [
     "read_mask",
 ]
 
-IGNORE_INDEX = 255
 
 # Single-channel modes whose pixel values are label indices.
 _INDEX_MODES = frozenset({"P", "L", "I", "I;16", "I;16L", "I;16B"})

@@ -34,6 +34,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from nasplat.metrics import IGNORE_INDEX
+
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
@@ -65,8 +67,7 @@ VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = "_progress.json"  # per-shard content keys + checksums, for resuming
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
-IGNORE_INDEX = 255
-ROWS_PER_GROUP = 16  # parquet row-group size: the unit ShardDataset reads at once
+ROWS_PER_GROUP = 1  # parquet row-group size, the unit ShardDataset reads: one sample, as shuffled reads want
 
 Loader = Callable[[Any], tuple[bytes, np.ndarray]]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from torch.utils.data import Dataset, Subset
 
@@ -18,8 +18,7 @@ from nasplat.data.cityscapes import CityscapesSegmentation
 from nasplat.data.shards import ShardDataset, read_manifest
 from nasplat.data.synthetic import synthetic_splits
 from nasplat.data.transforms import SegmentationAugment
-from nasplat.data.records import DataError
-from nasplat.data.voc import VOCSegmentation, voc_records
+from nasplat.data.voc import AUG_SPLIT, VOCSegmentation, voc_has_split
 
 DATASETS = ("synthetic", "voc", "cityscapes", "parquet:DIR")
 
@@ -42,13 +41,11 @@ def search_data(
     """Build the search splits; ``train_samples``/``val_samples`` size the synthetic data only."""
     if dataset == "synthetic":
         return _synthetic(image_size, train_samples, val_samples, seed)
-    crop = (image_size, image_size)
-    train_tf = SegmentationAugment(crop=crop, train=True, seed=seed)
-    val_tf = SegmentationAugment(crop=crop, train=False)
+    train_tf, val_tf = search_transforms(image_size, seed)
     if dataset.startswith("parquet:"):
         root = Path(dataset.split(":", 1)[1])
         manifest = read_manifest(root)
-        train_split = "train_aug" if "train_aug" in manifest.splits else "train"
+        train_split = train_split_name(manifest.splits)
         # the search driver verifies the manifest once (verify_shards) before workers start
         train = ShardDataset(root, train_split, train_tf, verify=False)
         val = ShardDataset(root, "val", val_tf, verify=False)
@@ -58,7 +55,7 @@ def search_data(
         if not data_root:
             raise ValueError(f"dataset {dataset!r} needs --data-root (the folder holding the official layout)")
         if dataset == "voc":
-            train_split = "train_aug" if _has_voc_split(data_root, "train_aug") else "train"
+            train_split = AUG_SPLIT if voc_has_split(data_root, AUG_SPLIT) else "train"
             train = VOCSegmentation(data_root, train_split, transform=train_tf)
             val = VOCSegmentation(data_root, "val", transform=val_tf)
         else:
@@ -70,12 +67,15 @@ def search_data(
     raise ValueError(f"unknown dataset {dataset!r}; available: {', '.join(DATASETS)}")
 
 
-def _has_voc_split(root: str, split: str) -> bool:
-    try:
-        voc_records(root, split)
-    except DataError:
-        return False
-    return True
+def train_split_name(splits: Collection[str]) -> str:
+    """The split a search trains on: VOC's SBD-augmented ``train_aug`` when present, else ``train``."""
+    return AUG_SPLIT if AUG_SPLIT in splits else "train"
+
+
+def search_transforms(image_size: int, seed: int) -> tuple[SegmentationAugment, SegmentationAugment]:
+    """Training (random scale, crop, flip) and validation (centre crop/pad) transforms of a search."""
+    crop = (image_size, image_size)
+    return SegmentationAugment(crop=crop, train=True, seed=seed), SegmentationAugment(crop=crop, train=False)
 
 
 SPLIT_RULE = "sample ids sorted; alternate ids go to train_a (weights) and train_b (architecture)"

@@ -15,10 +15,13 @@ lazily, in any order, on any worker or process.
 from __future__ import annotations
 
 from functools import lru_cache
+
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from nasplat.metrics import IGNORE_INDEX
 
 __all__ = [
     "CLASS_NAMES",
@@ -30,7 +33,6 @@ __all__ = [
     "synthetic_splits",
 ]
 
-IGNORE_INDEX = 255
 
 # (name, shape, texture) for each object class, in class-id order (1, 2, ...).
 _OBJECT_CLASSES: tuple[tuple[str, str, str], ...] = (

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from nasplat.metrics import IGNORE_INDEX
+
 __all__ = ["SegmentationAugment"]
 
 
@@ -58,7 +60,7 @@ class SegmentationAugment:
         flip: bool = True,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         train: bool = True,
         seed: int | None = None,
     ) -> None:

@@ -20,11 +20,13 @@ import numpy as np
 from nasplat.data.records import DataError, RecordDataset, SampleRecord, Transform
 
 __all__ = [
+    "AUG_SPLIT",
     "VOC_CLASSES",
     "VOC_NUM_CLASSES",
     "VOC_PALETTE",
     "VOCSegmentation",
     "voc_colormap",
+    "voc_has_split",
     "voc_records",
 ]
 
@@ -56,6 +58,11 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 VOC_PALETTE: tuple[tuple[int, int, int], ...] = tuple(
     (int(r), int(g), int(b)) for r, g, b in voc_colormap(VOC_NUM_CLASSES)
 )
+
+
+def voc_has_split(root: str | Path, split: str) -> bool:
+    """Whether ``ImageSets/Segmentation/{split}.txt`` exists (the split itself is not checked)."""
+    return (_voc_base(Path(root)) / "ImageSets" / "Segmentation" / f"{split}.txt").is_file()
 
 
 def _voc_base(root: Path) -> Path:

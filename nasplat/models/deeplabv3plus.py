@@ -52,7 +52,6 @@ __all__ = [
     "DeepLabV3Plus",
     "DeepLabV3PlusDecoder",
     "aspp_rates",
-    "build_deeplabv3plus",
     "load_backbone_weights",
 ]
 
@@ -228,6 +227,7 @@ class _MobileNetV2Backbone(nn.Module):
 _BACKBONES = {"resnet101": _ResNetBackbone, "mobilenet_v2": _MobileNetV2Backbone}
 
 
+@register_model("deeplabv3plus")
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ (arXiv:1802.02611): backbone -> ASPP -> decoder -> logits at input size.
 
@@ -263,15 +263,3 @@ class DeepLabV3Plus(nn.Module):
         low, high = self.backbone(x)
         logits = self.decoder(self.aspp(high), low)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-@register_model("deeplabv3plus")
-def build_deeplabv3plus(
-    num_classes: int,
-    backbone: str = "resnet101",
-    output_stride: int = 16,
-    dropout: float = 0.1,
-    backbone_weights: str | os.PathLike | None = None,
-) -> DeepLabV3Plus:
-    """Registered factory: ``get_model("deeplabv3plus", 19, backbone="mobilenet_v2", output_stride=8)``."""
-    return DeepLabV3Plus(num_classes, backbone, output_stride, dropout, backbone_weights)

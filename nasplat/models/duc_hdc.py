@@ -40,7 +40,7 @@ from torchvision import models as tvm
 from nasplat.models.deeplabv3plus import load_backbone_weights
 from nasplat.models.registry import register_model
 
-__all__ = ["DUCHDC", "HDC_LAYER3_RATES", "HDC_LAYER4_RATES", "DUCHead", "build_duc_hdc", "hdc_resnet101"]
+__all__ = ["DUCHDC", "HDC_LAYER3_RATES", "HDC_LAYER4_RATES", "DUCHead", "hdc_resnet101"]
 
 #: Released HDC rates for res4 (torchvision ``layer3``, 23 blocks) and res5 (``layer4``, 3 blocks).
 HDC_LAYER3_RATES: tuple[int, ...] = tuple(2 if i == 0 else (1, 2, 5, 9)[i % 4] for i in range(23))
@@ -107,6 +107,7 @@ class DUCHead(nn.Module):
         return self.shuffle(y)
 
 
+@register_model("duc_hdc")
 class DUCHDC(nn.Module):
     """DUC+HDC (arXiv:1702.08502): HDC ResNet-101 at output stride 8 + DUC head, logits at input size."""
 
@@ -122,9 +123,3 @@ class DUCHDC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-@register_model("duc_hdc")
-def build_duc_hdc(num_classes: int, r: int = 4, backbone_weights: str | os.PathLike | None = None) -> DUCHDC:
-    """Registered factory: ``get_model("duc_hdc", 19)`` (r = 4: scores at 1/2 resolution, then resized)."""
-    return DUCHDC(num_classes, r=r, backbone_weights=backbone_weights)

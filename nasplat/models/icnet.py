@@ -83,7 +83,6 @@ __all__ = [
     "HalfPSPNet50Trunk",
     "ICNet",
     "PyramidPoolingSum",
-    "icnet",
     "icnet_loss",
     "inference_parameter_count",
 ]
@@ -214,6 +213,7 @@ class CascadeFeatureFusion(nn.Module):
         return self.relu(self.low(low_up) + self.high(high)), low_up
 
 
+@register_model("icnet")
 class ICNet(nn.Module):
     """The released ICNet (see module docstring for structure, outputs and counts).
 
@@ -346,11 +346,3 @@ def inference_parameter_count(model: nn.Module) -> int:
     clg = getattr(model, "clg", None)
     skip = {id(p) for p in clg.parameters()} if clg is not None else set()
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
-
-
-@register_model("icnet")
-def icnet(num_classes: int = 19, aux: bool = True, clg_weights: Sequence[float] = DEFAULT_CLG_WEIGHTS,
-          backbone_weights: str | Path | None = None, **options) -> ICNet:
-    """Factory for the released ICNet (Zhao et al., ECCV 2018; hszhao/ICNet)."""
-    return ICNet(num_classes=num_classes, aux=aux, clg_weights=clg_weights,
-                 backbone_weights=backbone_weights, **options)

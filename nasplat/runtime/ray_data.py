@@ -15,8 +15,7 @@ import torch
 
 from nasplat.config import SearchConfig
 from nasplat.data.shards import ShardDataset, ray_dataset, read_manifest
-from nasplat.data.sources import split_halves
-from nasplat.data.transforms import SegmentationAugment
+from nasplat.data.sources import search_transforms, split_halves, train_split_name
 from nasplat.search_loop import BatchStream
 
 SPLITS = ("train_a", "train_b", "val")
@@ -31,12 +30,9 @@ def uses_ray_data(config: SearchConfig) -> bool:
 def search_datasets(config: SearchConfig) -> dict[str, "ray.data.Dataset"]:
     """Ray Datasets of search halves A and B (the same sample-id rule as the local reader) and val."""
     root = Path(config.dataset.split(":", 1)[1])
-    manifest = read_manifest(root)
-    train_split = "train_aug" if "train_aug" in manifest.splits else "train"
+    train_split = train_split_name(read_manifest(root).splits)
     half_a, half_b = split_halves(ShardDataset(root, train_split, verify=False).sample_ids())
-    crop = (config.image_size, config.image_size)
-    train = SegmentationAugment(crop=crop, train=True, seed=config.seed)
-    val = SegmentationAugment(crop=crop, train=False)
+    train, val = search_transforms(config.image_size, config.seed)
     batch = max(config.batch_size, 16)
     datasets = {
         "train_a": ray_dataset(root, train_split, train, keep=half_a.__contains__, verify=False, batch_size=batch),

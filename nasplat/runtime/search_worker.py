@@ -91,7 +91,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
                 _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
                 logger.log_json(result.to_dict(), "genotype.json")
                 if decision is not None:
-                    _record_decision(logger, decision)
+                    _record_decision(logger, decision, index=len(search.stopper.decisions) - 1)
             previous = metrics["genotype_hash"]
             # Ray copies the checkpoint to the run's storage before report returns
             ray.train.report(
@@ -112,9 +112,8 @@ def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: d
     logger.set_tags({"genotype_hash": metrics["genotype_hash"], "last_epoch": epoch})
 
 
-def _record_decision(logger: RunLogger, decision: StopDecision) -> None:
+def _record_decision(logger: RunLogger, decision: StopDecision, index: int) -> None:
     """Tags and a JSON artifact saying what RobustDARTS decided, at which epochs, and why."""
-    index = len(logger.client.list_artifacts(logger.run_id, "early_stop"))
     logger.log_json(decision.to_dict(), f"early_stop/decision_{index:02d}.json")
     logger.set_tags({
         "early_stop.mode": decision.mode,
