@@ -257,7 +257,8 @@ def test_viterbi_matches_brute_force(beta_norm, layers):
         assert path_log_prob(beta, expected_path, beta_norm) == pytest.approx(expected_score)
 
 
-def test_path_counts():
+def test_bruteforce_oracle_path_counts():
+    """Checks the test's own brute-force path enumerator (the Viterbi oracle) by a DP count."""
     counts = [sum(1 for _ in all_paths(n)) for n in range(1, 7)]
     assert counts[:3] == [2, 5, 13]  # [4],[8]; then 4->4,8 and 8->4,8,16; ...
 
@@ -270,7 +271,6 @@ def test_path_counts():
 
     assert [dp_count(n) for n in range(1, 7)] == counts
     # REFERENCES' doubt: 12 layers give ~7.5e4 paths, not the paper's 2.9e4
-    print("valid paths for L=12:", dp_count(12), "for L=11:", dp_count(11))
     assert 7.0e4 < dp_count(12) < 8.0e4
 
 

@@ -271,6 +271,7 @@ def test_space_decode_extra_keys_do_not_matter_but_normal_and_reduce_swap_does()
     space = nasplat.get_space("darts")
     n, r = hand_alpha(), torch.zeros(14, 8)
     g = space.decode({"normal": n, "reduce": r})
+    assert space.decode({"normal": n, "reduce": r, "junk": torch.zeros(3)}) == g
     swapped = space.decode({"normal": r, "reduce": n})
     assert swapped.normal == g.reduce and swapped.reduce == g.normal
 

@@ -36,7 +36,7 @@ def small_model() -> ICNet:
 
 
 def test_registered():
-    assert _MODELS["icnet"] is icnet_mod.icnet
+    assert _MODELS["icnet"] is icnet_mod.ICNet
     m = _MODELS["icnet"](num_classes=5, aux=False)
     assert isinstance(m, ICNet) and m.clg is None and m.classifier.out_channels == 5
 
@@ -56,7 +56,11 @@ def test_parameter_decomposition(model19):
         "sub1": _count(model19.sub1), "cff_sub24": _count(model19.cff_sub24),
         "cff_sub12": _count(model19.cff_sub12), "classifier": _count(model19.classifier),
     }
-    assert parts == {
+    three_convs_32_32_64 = 3 * 9 * 32 + 32 * 9 * 32 + 32 * 9 * 64 + 2 * (32 + 32 + 64)  # convs + BN
+    assert parts["stem"] == parts["sub1"] == three_convs_32_32_64
+    assert parts["classifier"] == 128 * 19 + 19
+    assert sum(parts.values()) == 6_699_987  # the published inference count (REFERENCES section 4)
+    assert parts == {  # the per-part split of that total, as built (a snapshot)
         "stem": 28_768, "layer1": 59_776, "layer2": 306_688, "layer3": 1_779_712, "layer4": 3_746_816,
         "ppm_reduce": 262_656, "sub1": 28_768, "cff_sub24": 328_192, "cff_sub12": 156_160, "classifier": 2_451,
     }

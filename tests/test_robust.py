@@ -169,6 +169,7 @@ def test_eigenvalue_is_deterministic_under_no_grad():
     with torch.no_grad():  # e.g. called next to an @torch.no_grad evaluate()
         second = dominant_hessian_eigenvalue(model, loss_fn, batches, iterations=5)
     assert first == second
+    assert second == pytest.approx(_exact_spectrum(model, loss_fn, batches)[0], rel=0.02)
 
 
 def _free_port() -> int:

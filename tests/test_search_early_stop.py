@@ -98,3 +98,21 @@ def test_real_eigenvalue_is_finite_and_same_as_direct_call():
     assert decision is None and eigenvalue is not None and torch.isfinite(torch.tensor(eigenvalue))
     again = search_loop.dominant_hessian_eigenvalue(search.model, search.loss_fn, search.hessian_batches)
     assert eigenvalue == pytest.approx(again, rel=1e-6)
+
+
+@pytest.mark.parametrize(("preset", "with_wd", "which", "weight_decay"),
+                         [("paper", False, "magnitude", 0.0), ("reference", True, "largest", 1e-3)])
+def test_eigenvalue_options_reach_the_computation(monkeypatch, preset, with_wd, which, weight_decay):
+    seen = {}
+
+    def fake_eigenvalue(model, loss_fn, batches, **kwargs):
+        seen.update(kwargs)
+        return 1.0
+
+    monkeypatch.setattr(search_loop, "dominant_hessian_eigenvalue", fake_eigenvalue)
+    search = SupernetSearch(SearchConfig(**TINY, epochs=2, early_stop=preset, hessian_arch_weight_decay=with_wd,
+                                         hessian_iterations=7, arch_weight_decay=1e-3))
+    search.train_epoch()
+    search.check_early_stop()
+    # the authors' H includes the architecture weight decay (+1e-3 I) and takes the largest eigenvalue
+    assert seen == {"iterations": 7, "arch_weight_decay": weight_decay, "which": which}

@@ -106,6 +106,17 @@ def test_voc_palette_well_known_colours():
     assert VOC_PALETTE[15] == (192, 128, 128)
     assert VOC_PALETTE[20] == (0, 64, 128)
     assert tuple(voc_colormap()[255]) == (224, 224, 192)
+
+    def devkit_colour(index: int) -> tuple[int, int, int]:  # VOCdevkit's labelcolormap, written out
+        r = g = b = 0
+        for shift in range(7, -1, -1):
+            r |= ((index >> 0) & 1) << shift
+            g |= ((index >> 1) & 1) << shift
+            b |= ((index >> 2) & 1) << shift
+            index >>= 3
+        return r, g, b
+
+    assert [tuple(int(v) for v in c) for c in voc_colormap(256)] == [devkit_colour(i) for i in range(256)]
     assert VOC_CLASSES[0] == "background" and VOC_CLASSES[15] == "person"
     assert VOC_CLASSES[20] == "tvmonitor"
 
