@@ -268,7 +268,7 @@ def test_ui_serves_health(store, tmp_path):
         )
     ok = False
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # the UI starts slowly on a loaded 2-core machine
         status = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
@@ -279,7 +279,7 @@ def test_ui_serves_health(store, tmp_path):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.5)
-        assert status == 200, f"no /health 200 within 60 s (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+        assert status == 200, f"no /health 200 within 180 s (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
         assert log.read_text().splitlines()[0].startswith(f"MLflow UI: http://127.0.0.1:{port}")
         proc.terminate()
         proc.wait(timeout=30)
