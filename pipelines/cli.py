@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
 from typing import Any, Sequence
 
@@ -55,6 +56,11 @@ SEARCH_HELP: dict[str, str] = {
     "address": "Ray cluster address (default: start a local Ray instance)",
     "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
 }
+
+
+COMMAND_MODULES: tuple[str, ...] = ()
+"""Modules that add a subcommand: each has ``add_parser(subparsers)``, which sets ``handler`` (args -> exit status)
+with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
 
 
 MAPPING_FLAGS = {"space_options": "--space-option", "early_stop_options": "--early-stop-option"}
@@ -186,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parser(subparsers)
     _add_compare_parser(subparsers)
     _add_ui_parser(subparsers)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
@@ -212,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipelines.compare import run_ui
 
             return run_ui(args)
+        else:
+            return int(args.handler(args) or 0)
     except (ConfigError, FileNotFoundError, KeyError, DataError, ShardError) as err:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2
