@@ -5,8 +5,12 @@ directory logs to the run the driver created.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -104,6 +108,44 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+PROVENANCE_PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "pyarrow")
+
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    """The commit of the git checkout holding ``path`` (default: this package), with ``-dirty`` if changed."""
+    where = Path(path or Path(__file__).parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
+
+
+def provenance_tags(kind: str, argv: list[str] | None = None) -> dict[str, str]:
+    """Tags every parent run carries: its kind, the command line, nasplat's git commit and package versions."""
+    import nasplat
+
+    tags = {
+        "nasplat.kind": kind,
+        "nasplat.command": " ".join(argv or sys.argv),
+        "nasplat.version": nasplat.__version__,
+        "python": platform.python_version(),
+    }
+    commit = git_commit()
+    if commit:
+        tags["nasplat.git_commit"] = commit
+    for package in PROVENANCE_PACKAGES:
+        try:
+            tags[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return tags
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:

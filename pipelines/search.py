@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,9 @@ from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_da
 from nasplat.search_loop import early_stop_config
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.space import get_space, import_space_source, resolve_space_spec
-from nasplat.tracking import PARENT_TAG, RunLogger, ensure_experiment, find_run, resolve_tracking_uri, ui_command
+from nasplat.tracking import (
+    PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, resolve_tracking_uri, ui_command,
+)
 
 HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 PLAN_KEY = "_nasplat_plan"
@@ -192,11 +192,7 @@ def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:
     if run_id is None:
         run = client.create_run(
             experiment_id, run_name=config.name,
-            tags={
-                "nasplat.kind": "search", "nasplat.run_name": config.name, "nasplat.space": config.space,
-                "nasplat.command": " ".join(argv or sys.argv), "nasplat.version": nasplat.__version__,
-                "python": platform.python_version(), "ray": ray.__version__,
-            },
+            tags={**provenance_tags("search", argv), "nasplat.run_name": config.name, "nasplat.space": config.space},
         )
         run_id = run.info.run_id
     RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
