@@ -22,8 +22,11 @@ PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
 
 
-def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None) -> str:
-    """Default ``sqlite:///<cwd>/mlflow.db``; relative SQLite paths become absolute."""
+def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None, create: bool = True) -> str:
+    """Default ``sqlite:///<cwd>/mlflow.db``; relative SQLite paths become absolute.
+
+    A plain folder path means ``<folder>/mlflow.db``; the folder is made unless ``create`` is False.
+    """
     base = Path(base_dir or Path.cwd()).resolve()
     if uri is None or uri == "":
         return f"sqlite:///{base / 'mlflow.db'}"
@@ -32,7 +35,8 @@ def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None) ->
     if "://" not in uri and ":" not in uri[:2]:
         path = (base / uri).resolve()
         db = path if path.suffix == ".db" else path / "mlflow.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db}"
     return uri
 

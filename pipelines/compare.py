@@ -63,12 +63,7 @@ def open_store(tracking_uri: str | None):
     """An ``MlflowClient`` on an existing store (never creates one), and the resolved URI."""
     from mlflow.tracking import MlflowClient
 
-    if tracking_uri and "://" not in tracking_uri and ":" not in tracking_uri[:2]:
-        # a plain path: resolve_tracking_uri would create its folder, so check first
-        path = Path(tracking_uri).expanduser()
-        if not (path.is_file() or (path / "mlflow.db").is_file()):
-            raise CompareError(f"no MLflow store at {path.resolve()} (no such database file)")
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri, create=False)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
