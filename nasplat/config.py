@@ -10,6 +10,7 @@ import yaml
 
 EARLY_STOP_PRESETS = ("off", "paper", "reference")
 EARLY_STOP_MODES = ("stop", "ada", "simulate")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class ConfigError(ValueError):
@@ -51,11 +52,13 @@ class SearchConfig:
     hessian_batches: int = 2
     hessian_iterations: int = 20
     hessian_arch_weight_decay: bool = False
+    picture_interval: int = 5
     storage: str = "nasplat_runs"
     tracking_uri: str | None = None
     experiment: str = "nasplat-search"
     name: str | None = None
     address: str | None = None
+    placement_strategy: str = "PACK"
     max_failures: int = 1
 
     def __post_init__(self) -> None:
@@ -90,6 +93,15 @@ class SearchConfig:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.space_options, dict):
             raise ConfigError(f"config field 'space_options' must be a mapping, got {self.space_options!r}")
+        if type(self.picture_interval) is not int or self.picture_interval < 0:
+            raise ConfigError(
+                f"config field 'picture_interval' must be an integer >= 0 (0 = pictures only at the end), "
+                f"got {self.picture_interval!r}"
+            )
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"config field 'placement_strategy' must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
+            )
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -111,6 +111,7 @@ class SupernetSearch:
         self.stopper = self._make_stopper()
         self.hessian_batches = self._fixed_batches(self.data.train_b, config.hessian_batches) if self.stopper else []
         self.snapshots: dict[int, dict[str, Any]] = {}  # DARTS-ADA: end-of-epoch states by 0-based epoch
+        self.arch_history: list[dict[str, Any]] = []  # one record_arch() per trained epoch, kept in checkpoints
 
     def _make_stopper(self) -> EarlyStopper | None:
         stop_config = early_stop_config(self.config)
@@ -165,6 +166,7 @@ class SupernetSearch:
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
+            result["arch_lr"] = self.arch_optimizer.param_groups[0]["lr"]
         self.epoch += 1
         return result
 
@@ -233,6 +235,21 @@ class SupernetSearch:
     def arch_entropy(self) -> float:
         return architecture_entropy(self.model.arch_distributions())
 
+    def record_arch(self) -> dict[str, Any]:
+        """Append (and return) this epoch's arch distributions and raw parameters, as CPU copies.
+
+        ``step`` counts trained epochs (rolled-back ones too), ``epoch`` is the current epoch; the
+        history travels in checkpoints, so a resumed search still has every earlier epoch.
+        """
+        entry = {
+            "step": self.epochs_trained,
+            "epoch": self.epoch,
+            "distributions": _cpu_copy(dict(self.model.arch_distributions())),
+            "parameters": _cpu_copy(dict(self.model.arch_parameters())),
+        }
+        self.arch_history.append(entry)
+        return entry
+
     def _core_state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -258,6 +275,7 @@ class SupernetSearch:
             "epochs_trained": self.epochs_trained,
             "stopper": self.stopper.state_dict() if self.stopper else None,
             "snapshots": self.snapshots,
+            "arch_history": self.arch_history,
             "config": self.config.to_dict(),
         }
 
@@ -267,6 +285,7 @@ class SupernetSearch:
         if self.stopper is not None and state["stopper"] is not None:
             self.stopper.load_state_dict(state["stopper"])
         self.snapshots = {int(e): s for e, s in state["snapshots"].items()}
+        self.arch_history = _cpu_copy(list(state.get("arch_history", [])))  # absent in older checkpoints
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CHECKPOINT_FILE

@@ -41,7 +41,8 @@ def _runs(tracking_uri: str, experiment: str):
 
 @pytest.mark.slow
 def test_darts_search_end_to_end(tmp_path):
-    result = _nasplat(["search", *TINY, "--space-option", "C=4", "--space-option", "layers=3", "--name", "e2e"], tmp_path)
+    result = _nasplat(["search", *TINY, "--space-option", "C=4", "--space-option", "layers=3", "--name", "e2e",
+                       "--picture-interval", "1"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     db = tmp_path / "mlflow.db"
@@ -69,6 +70,19 @@ def test_darts_search_end_to_end(tmp_path):
     assert nasplat.genotype_from_dict(logged) == genotype
     per_epoch = {a.path for a in client.list_artifacts(child.info.run_id, "genotypes")}
     assert per_epoch == {"genotypes/epoch_001.json", "genotypes/epoch_002.json"}
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "arch_lr")] == [3e-3, 3e-3]
+    arch = json.loads(Path(client.download_artifacts(child.info.run_id, "arch/epoch_002.json", str(tmp_path))).read_text())
+    assert arch["epoch"] == 2 and len(arch["distributions"]["normal"]) == 14 and arch["ops"][0] == "none"
+    folders = {a.path for a in client.list_artifacts(child.info.run_id, "pictures")}
+    assert folders == {"pictures/epoch_001", "pictures/epoch_002", "pictures/final"}, result.stdout[-3000:]
+    final = {a.path.rsplit("/", 1)[1]: a.file_size for a in client.list_artifacts(child.info.run_id, "pictures/final")}
+    expected = {"cell_normal.png", "cell_normal.svg", "cell_reduce.png", "arch_heatmap.png",
+                "evolution_normal.png", "evolution_reduce.png", "predictions.png"}
+    assert expected <= set(final) and all(final[name] > 1000 for name in expected), final
+    assert "evolution_normal.png" not in {a.path.rsplit("/", 1)[1] for a in
+                                          client.list_artifacts(child.info.run_id, "pictures/epoch_001")}
+    assert child.data.tags["pictures.cell_renderer"] in ("graphviz", "matplotlib")
+    assert "[nasplat] warning" not in result.stdout
 
 
 @pytest.mark.slow
@@ -150,6 +164,8 @@ def test_autodeeplab_search_with_robustdarts_stop(tmp_path):
     assert sorted(m.step for m in eigenvalues) == [1, 2]
     chosen = json.loads(Path(client.download_artifacts(child.info.run_id, "genotypes/epoch_001.json", str(tmp_path))).read_text())
     assert nasplat.genotype_from_dict(chosen) == genotype  # the architecture of the chosen epoch is the result
+    final = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(child.info.run_id, "pictures/final")}
+    assert {"network_path.png", "network_path.svg", "cell.png", "arch_heatmap.png", "evolution_beta.png"} <= final
 
 
 @pytest.mark.slow

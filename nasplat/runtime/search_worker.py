@@ -1,7 +1,9 @@
 """The Ray Train worker loop of a search: every worker trains its shard; rank 0 records.
 
 Each epoch: train (weights on A, architecture on B), evaluate, decode, then rank 0 writes a
-checkpoint and logs metrics and the genotype to MLflow; every rank calls ``ray.train.report``.
+checkpoint and logs metrics, the genotype and the arch distributions to MLflow, and every
+``picture_interval`` epochs and at the end the pictures of :mod:`nasplat.viz`; every rank calls
+``ray.train.report``.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 
 from nasplat.config import SearchConfig
 from nasplat.distributed import max_abs_difference
-from nasplat.genotype import genotype_from_dict
+from nasplat.genotype import Genotype, genotype_from_dict
 from nasplat.robust import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.search_loop import SupernetSearch
@@ -23,6 +25,8 @@ from nasplat.tracking import RunLogger
 
 RUN_ID_KEY = "mlflow_run_id"
 TRACKING_KEY = "tracking_uri"
+PREDICTION_SAMPLES = 4
+"""Validation samples 0..3 get their predictions drawn in every picture set."""
 
 
 def _threads_for_worker(cpus: float | None) -> int:
@@ -66,6 +70,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
         evaluation = search.evaluate()
         epoch, step = search.epoch, search.epochs_trained
         genotype = search.genotype()
+        arch_record = search.record_arch()  # before check_early_stop: DARTS-ADA may roll the arch back
         arch_spread = max(max_abs_difference(p) for p in search.model.arch_parameters().values())
         smoothed = None
         eigenvalue, decision = search.check_early_stop()  # DARTS-ADA may roll the search back here
@@ -90,8 +95,13 @@ def search_worker(loop_config: dict[str, Any]) -> None:
                 search.save(checkpoint_dir)
                 _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
                 logger.log_json(result.to_dict(), "genotype.json")
+                logger.log_json(_arch_json(arch_record, search), f"arch/epoch_{epoch:03d}.json")
                 if decision is not None:
                     _record_decision(logger, decision, index=len(search.stopper.decisions) - 1)
+                final = (decision is not None and decision.ends_search) or search.epoch >= config.epochs
+                folders = picture_folders(epoch, config.picture_interval, final)
+                if folders:
+                    _log_pictures(logger, search, result, folders, epoch, step)
             previous = metrics["genotype_hash"]
             # Ray copies the checkpoint to the run's storage before report returns
             ray.train.report(
@@ -110,6 +120,50 @@ def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: d
     if previous is not None and previous != metrics["genotype_hash"]:
         logger.set_tags({f"genotype_changed.epoch_{epoch:03d}": metrics["genotype_hash"]})
     logger.set_tags({"genotype_hash": metrics["genotype_hash"], "last_epoch": epoch})
+
+
+def picture_folders(epoch: int, interval: int, final: bool) -> list[str]:
+    """Artifact folders the pictures of ``epoch`` go to: every ``interval`` epochs (0: never) and at the end."""
+    folders = [f"pictures/epoch_{epoch:03d}"] if interval > 0 and epoch % interval == 0 else []
+    return folders + ["pictures/final"] if final else folders
+
+
+def _arch_json(record: dict[str, Any], search: SupernetSearch) -> dict[str, Any]:
+    """An epoch's arch distributions and raw parameters as JSON (redraw with ``nasplat.viz.render_arch_heatmaps``)."""
+    return {
+        "epoch": record["epoch"], "step": record["step"], "ops": list(getattr(search.space, "ops", ())),
+        "distributions": {name: value.tolist() for name, value in record["distributions"].items()},
+        "parameters": {name: value.tolist() for name, value in record["parameters"].items()},
+    }
+
+
+def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype, folders: list[str], epoch: int,
+                  step: int) -> None:
+    """Draw and log this epoch's pictures; any failure is printed as a warning and the search goes on."""
+    try:
+        from nasplat import viz  # matplotlib is imported on rank 0 only, when the first pictures are due
+
+        predictions = None
+        try:
+            indices = range(min(PREDICTION_SAMPLES, len(search.data.val)))
+            images, masks, predicted = viz.predict_samples(search.model, search.data.val, indices, search.device)
+            palette = viz.dataset_palette(search.data.val, search.data.class_names)
+            predictions = viz.Predictions(images, masks, predicted, palette, search.data.class_names)
+        except Exception as err:  # a picture must never end a search
+            print(f"[nasplat] warning: epoch {epoch}: no prediction overlays ({type(err).__name__}: {err})", flush=True)
+        history = [(entry["step"], entry["distributions"]) for entry in search.arch_history]
+        with tempfile.TemporaryDirectory(prefix="nasplat-pictures-") as directory:
+            pictures = viz.render_pictures(directory, genotype, history[-1][1] if history else None,
+                                           getattr(search.space, "ops", ()), history, predictions, f"epoch {epoch}")
+            for folder in folders:
+                viz.log_figures(logger, directory, folder)
+        for warning in pictures.warnings:
+            print(f"[nasplat] warning: epoch {epoch}: picture not drawn: {warning}", flush=True)
+        if pictures.cell_renderer:
+            logger.set_tags({"pictures.cell_renderer": pictures.cell_renderer})
+        logger.log_metrics({"picture_time_s": pictures.seconds}, step=step)
+    except Exception as err:  # idem, for the drawing and the logging
+        print(f"[nasplat] warning: epoch {epoch}: pictures not logged ({type(err).__name__}: {err})", flush=True)
 
 
 def _record_decision(logger: RunLogger, decision: StopDecision, index: int) -> None:
