@@ -1,0 +1,126 @@
+"""`nasplat baselines`: retrain the hand-designed baselines and the best searched genotype on equal terms.
+
+Every model goes through the same `nasplat retrain` code with the same data, epochs, schedule,
+hyperparameters (or Optuna budget) and seed, one retrain (MLflow parent run) per model, all in one
+experiment; then each best model file is evaluated with `nasplat evaluate`'s code and one table
+compares mIoU, parameters, FLOPs and CPU latency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from nasplat.config import ConfigError
+from nasplat.retrain_config import RetrainConfig
+
+MODELS: dict[str, dict[str, Any]] = {
+    "duc_hdc": {"baseline": "duc_hdc", "model_options": {}},
+    "deeplabv3plus_resnet101": {"baseline": "deeplabv3plus", "model_options": {"backbone": "resnet101"}},
+    "deeplabv3plus_mobilenet_v2": {"baseline": "deeplabv3plus", "model_options": {"backbone": "mobilenet_v2"}},
+    "icnet": {"baseline": "icnet", "model_options": {}},
+    "searched": {},
+}
+"""Row name -> the retrain config fields that pick the model (``searched``: a search run's genotype)."""
+OWN_FIELDS = ("genotype", "from_run", "baseline", "model_options", "name", "register_model")
+"""RetrainConfig fields this command sets per model instead of taking them as flags."""
+
+
+def _models(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODELS]
+    if unknown or not names:
+        raise ConfigError(f"--models: unknown model {unknown[0] if unknown else text!r}; choose from {', '.join(MODELS)}")
+    return names
+
+
+def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None, prefix: str,
+                  latency_size: tuple[int, int] | None, argv: list[str]) -> list[dict[str, Any]]:
+    """Retrain each model under ``config``'s budget and evaluate its best model; one dict per model."""
+    import ray
+
+    from pipelines.evaluate import evaluate_checkpoint
+    from pipelines.retrain import resolve_paths, resolve_source, run_retrain
+    from pipelines.search import _start_ray
+
+    config = resolve_paths(config.replace(name=prefix))
+    if "searched" in models:  # find the genotype before any training starts
+        source = resolve_source(config.replace(from_run=from_run))
+        from_run = from_run or source.lineage["nasplat.source_search_run"]
+    rows = []
+    started_ray = _start_ray(config)
+    try:
+        for model in models:
+            fields = MODELS[model] or {"from_run": from_run}
+            print(f"[nasplat] baselines: retraining {model} ({len(rows) + 1}/{len(models)})", flush=True)
+            outcome = run_retrain(config.replace(**fields, name=f"{prefix}-{model}"), argv=argv)
+            report = evaluate_checkpoint(outcome.checkpoint, latency_size=latency_size)
+            rows.append({"model": model, "label": outcome.model_label, "val_miou": report["val_miou"],
+                         "params": report["params"], "flops": report["flops"], "latency_ms": report["latency_ms"],
+                         "input_size": report["input_size"], "run_id": outcome.parent_run_id,
+                         "checkpoint": str(outcome.checkpoint)})
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary = Path(config.storage) / prefix / "comparison.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"[nasplat] comparison written to {summary}", flush=True)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """One line per model: mIoU, parameters (M), GFLOPs and median CPU latency at the same input size."""
+    header = ("model", "mIoU", "params (M)", "GFLOPs", "latency (ms)", "run")
+    cells = [(r["model"] if r["model"] != "searched" else f"searched {r['label']}", f"{r['val_miou']:.4f}",
+              f"{r['params'] / 1e6:.3f}", f"{r['flops'] / 1e9:.4f}", f"{r['latency_ms']:.1f}", r["run_id"])
+             for r in rows]
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *cells)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(row, widths)).rstrip() for row in (header, *cells)]
+    if rows:
+        size = "x".join(str(s) for s in rows[0]["input_size"])
+        lines.append(f"(FLOPs: 2 per multiply-add; FLOPs and latency at 1x3x{size} on this CPU, batch 1)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    from pipelines.retrain import add_config_arguments
+
+    parser = subparsers.add_parser(
+        "baselines", help="retrain DUC-HDC, DeepLabV3+ (ResNet-101, MobileNetV2), ICNet and the searched genotype "
+        "under one budget and print a comparison table",
+        description="Each model is retrained by the same code as `nasplat retrain` with the options below, one MLflow "
+        "parent run per model (named PREFIX-MODEL, in experiment nasplat-baselines unless --experiment), then "
+        "evaluated; the table compares mIoU, parameters, FLOPs and CPU latency.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--models", default=",".join(MODELS), metavar="A,B,...",
+                        help=f"models to compare, comma-separated, from: {', '.join(MODELS)}")
+    parser.add_argument("--from-run", dest="search_run", help="search run (parent or trial) whose genotype is "
+                        "'searched' (default: the latest finished search)")
+    parser.add_argument("--name", dest="prefix", help="name prefix of the retrains (default baselines-<date>-<time>); "
+                        "the same prefix resumes them")
+    parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="input size for FLOPs and latency (default: the training crop)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    add_config_arguments(parser, skip=OWN_FIELDS)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.retrain import config_from_args
+
+    models = _models(args.models)
+    config = config_from_args(args)
+    # the model fields are set per row; a --config file's model choice does not apply here
+    config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
+    if config.experiment == RetrainConfig().experiment:
+        config = config.replace(experiment="nasplat-baselines")
+    prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
+    rows = run_baselines(config, models, args.search_run, prefix,
+                         tuple(args.latency_size) if args.latency_size else None, ["nasplat", *sys.argv[1:]])
+    print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows), flush=True)
+    return 0

@@ -1,0 +1,157 @@
+"""`nasplat evaluate`: mIoU, per-class IoU, confusion matrix, parameters, FLOPs and latency of a model file.
+
+The model file (``best_model.pt`` of a retrain) describes itself: the network is rebuilt from its
+spec, and the validation split from the data settings it records, so the mIoU matches the one the
+retrain logged unless scales, flip or data are overridden.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasplat.config import ConfigError
+
+
+def checkpoint_from_run(tracking_uri: str | None, run_id: str, directory: str | Path) -> Path:
+    """Download the best model file of a retrain run: its parent run (follows ``nasplat.model_run``) or a trial run."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.runtime.retrain_worker import BEST_ARTIFACT
+    from nasplat.tracking import resolve_tracking_uri
+    from pipelines.retrain import MODEL_RUN_TAG
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"--run: no MLflow run {run_id!r} in {uri}") from None
+    if run.data.tags.get("nasplat.kind") == "retrain":
+        if MODEL_RUN_TAG not in run.data.tags:
+            raise ConfigError(f"--run: retrain run {run_id} has no best model yet (tag {MODEL_RUN_TAG} missing)")
+        run_id = run.data.tags[MODEL_RUN_TAG]
+    try:
+        return Path(client.download_artifacts(run_id, BEST_ARTIFACT, str(directory)))
+    except (MlflowException, OSError):
+        raise ConfigError(f"--run: run {run_id} has no {BEST_ARTIFACT} artifact (not a retrain run?)") from None
+
+
+def evaluate_checkpoint(
+    path: str | Path, scales: Sequence[float] | None = None, flip: bool | None = None,
+    data_overrides: dict[str, Any] | None = None, latency_size: Sequence[int] | None = None,
+    latency_repeats: int = 10, batch_size: int = 8, device: str = "cpu",
+) -> dict[str, Any]:
+    """Everything ``nasplat evaluate`` prints, as a dict. Scales, flip and data default to the file's own."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nasplat.model_stats import count_flops, count_parameters, measure_latency
+    from nasplat.retrain_loop import (
+        ModelSpec,
+        evaluate_model,
+        load_model_checkpoint,
+        validation_split,
+    )
+
+    model, payload = load_model_checkpoint(path, device=device)
+    spec = ModelSpec.from_dict(payload["spec"])
+    data = {**payload["data"], **(data_overrides or {})}
+    scales = list(payload["eval"]["scales"] if scales is None else scales)
+    flip = bool(payload["eval"]["flip"] if flip is None else flip)
+    val, class_names, num_classes = validation_split(data)
+    if num_classes != spec.num_classes:
+        raise ConfigError(f"{path}: the model predicts {spec.num_classes} classes but dataset "
+                          f"{data['dataset']!r} has {num_classes}")
+    with torch.no_grad():
+        result = evaluate_model(model, DataLoader(val, batch_size=batch_size), class_names, scales, flip, device)
+    size = tuple(latency_size or (int(data["image_size"]), int(data["image_size"])))
+    latency = measure_latency(model.cpu(), (1, 3, *size), warmup=1, repeats=latency_repeats)
+    recorded = payload.get("metrics", {}).get("val_miou")
+    return {
+        "checkpoint": str(path), "model": spec.label(), "epoch": payload.get("epoch"), "data": data,
+        "scales": scales, "flip": flip, "class_names": list(class_names),
+        "val_miou": result["val_miou"], "val_pixel_acc": result["val_pixel_acc"], "val_loss": result["val_loss"],
+        "val_iou": result["val_iou"], "confusion_matrix": result["confusion_matrix"],
+        "recorded_val_miou": recorded, "params": count_parameters(model),
+        "input_size": list(size), "flops": count_flops(model, (1, 3, *size)),
+        "latency_ms": latency["median_ms"], "latency_iqr_ms": latency["iqr_ms"], "latency_repeats": latency_repeats,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A human-readable report: summary lines, per-class IoU, then the confusion matrix."""
+    size = "x".join(str(s) for s in report["input_size"])
+    lines = [
+        f"model       {report['model']}  (epoch {report['epoch']}, {report['checkpoint']})",
+        (f"data        {report['data']['dataset']} val, crop {report['data']['image_size']}, "
+         f"scales {report['scales']}, flip {'on' if report['flip'] else 'off'}"),
+        f"mIoU        {report['val_miou']:.4f}" + (
+            f"  (recorded at training: {report['recorded_val_miou']:.4f})" if report["recorded_val_miou"] is not None else ""),
+        f"pixel acc   {report['val_pixel_acc']:.4f}",
+        f"params      {report['params']:,}",
+        f"FLOPs       {report['flops'] / 1e9:.4f} G at 1x3x{size} (2 per multiply-add)",
+        (f"latency     {report['latency_ms']:.2f} ms median (IQR {report['latency_iqr_ms']:.2f}) on CPU at 1x3x{size}, "
+         f"{report['latency_repeats']} runs"),
+        "",
+        "per-class IoU",
+    ]
+    width = max(len(n) for n in report["class_names"])
+    for name in report["class_names"]:
+        value = report["val_iou"][name]
+        lines.append(f"  {name:<{width}}  {'n/a' if math.isnan(value) else f'{value:.4f}'}")
+    lines += ["", "confusion matrix (rows: ground truth, columns: prediction; pixels)"]
+    cells = [[str(v) for v in row] for row in report["confusion_matrix"]]
+    cell = max(max(len(c) for row in cells for c in row), 4)
+    lines.append(" " * (width + 2) + "".join(f" {name[:cell]:>{cell}}" for name in report["class_names"]))
+    for name, row in zip(report["class_names"], cells):
+        lines.append(f"  {name:<{width}}" + "".join(f" {c:>{cell}}" for c in row))
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="evaluate a retrained model file: mIoU, per-class IoU, confusion matrix, params, FLOPs, latency",
+        description="Rebuild the network of a retrain's best_model.pt (or of an MLflow retrain run's best checkpoint) "
+        "and evaluate it on the validation split it was trained against; report parameters, FLOPs and CPU latency.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="model file written by `nasplat retrain` (best_model.pt)")
+    source.add_argument("--run", help="MLflow run id of a retrain (parent or trial run): evaluate its best checkpoint")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for --run (default: sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--scales", type=float, nargs="+", help="evaluation scales (default: those of the retrain)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average over horizontally flipped images too (default: as the retrain)")
+    parser.add_argument("--dataset", help="evaluate on another dataset spec than the recorded one (same classes)")
+    parser.add_argument("--data-root", help="where the dataset's official layout lives now")
+    parser.add_argument("--image-size", type=int, help="validation crop size (default: the training crop)")
+    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default 8)")
+    parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="input size for FLOPs and latency (default: the training crop)")
+    parser.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes (default 10)")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.scales is not None and not all(s > 0 for s in args.scales):
+        raise ConfigError(f"--scales must be > 0, got {args.scales}")
+    overrides = {key: getattr(args, key) for key in ("dataset", "data_root", "image_size") if getattr(args, key) is not None}
+    with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
+        path = Path(args.checkpoint) if args.checkpoint else checkpoint_from_run(args.tracking_uri, args.run, tmp)
+        report = evaluate_checkpoint(path, args.scales, args.flip, overrides, args.latency_size,
+                                     args.latency_repeats, args.batch_size)
+    if args.run:
+        report["checkpoint"] = f"MLflow run {args.run}"
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+    sys.stdout.flush()
+    return 0

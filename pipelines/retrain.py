@@ -1,0 +1,516 @@
+"""`nasplat retrain`: train a searched genotype or a baseline as a Ray Tune experiment of Ray Train trials.
+
+The driver resolves the model source (a genotype file, a search's MLflow run, a baseline, or by
+default the latest finished search), plans resources up front, opens a parent MLflow run with the
+lineage tags, and lets Tune run the trials: one trial with the configured hyperparameters, or with
+``trials > 1`` Optuna (TPE) sampling learning rate, weight decay and batch size while ASHA stops weak
+trials. At the end the best trial's best model is logged with ``mlflow.pytorch`` (and registered
+when asked) and copied next to the run's checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nasplat.config import ConfigError, load_config_file
+from nasplat.retrain_config import RetrainConfig
+
+PLAN_KEY = "_nasplat_plan"
+PARENT_KEY = "_nasplat_parent_run"
+LINEAGE_KEY = "_nasplat_lineage"
+SEARCH_RUN_TAG = "nasplat.source_search_run"
+TRIAL_RUN_TAG = "nasplat.source_trial_run"
+MODEL_RUN_TAG = "nasplat.model_run"
+MODEL_URI_TAG = "nasplat.model_uri"
+
+
+def _log(message: str) -> None:
+    print(f"[nasplat] {message}", flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """What the workers build (``source``: {"genotype": dict} or {"baseline": name}, plus "options")
+    and the lineage tags that link the retrain to the search that produced the genotype."""
+
+    source: dict
+    lineage: dict
+    label: str
+
+
+@dataclasses.dataclass
+class RetrainOutcome:
+    val_miou: float
+    best_epoch: int
+    checkpoint: Path
+    model_label: str
+    parent_run_id: str
+    best_run_id: str
+    tracking_uri: str
+    model_uri: str
+    registered_version: str | None = None
+
+
+class RetrainInterrupted(RuntimeError):
+    """The retrain stopped before its trials finished (Ctrl+C); re-running it resumes."""
+
+
+def resolve_paths(config: RetrainConfig) -> RetrainConfig:
+    """Absolute storage, tracking URI, genotype file and data paths (Ray workers run elsewhere); a run name."""
+    from nasplat.tracking import resolve_tracking_uri
+
+    dataset = config.dataset
+    if dataset.startswith("parquet:"):
+        dataset = "parquet:" + str(Path(dataset.split(":", 1)[1]).expanduser().resolve())
+    label = config.baseline or ("genotype" if config.genotype else "search")
+    return config.replace(
+        dataset=dataset,
+        genotype=str(Path(config.genotype).expanduser().resolve()) if config.genotype else None,
+        data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
+        storage=str(Path(config.storage).expanduser().resolve()),
+        tracking_uri=resolve_tracking_uri(config.tracking_uri),
+        name=config.name or f"retrain-{label}-{time.strftime('%Y%m%d-%H%M%S')}",
+    )
+
+
+def _genotype_dict_from_file(path: str | Path) -> dict:
+    from nasplat.genotype import GenotypeError, load_genotype
+
+    try:
+        return load_genotype(path).to_dict()
+    except GenotypeError as err:
+        if err.field == "<file>" and err.problem == "no such file":
+            raise FileNotFoundError(f"genotype file not found: {path}") from None
+        raise ConfigError(str(err)) from None
+
+
+def latest_search_run(tracking_uri: str, experiment: str) -> str | None:
+    """The id of the most recently started finished search (parent run) in ``experiment``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id], filter_string="tags.`nasplat.kind` = 'search' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, str]]:
+    """The genotype a search run holds, and lineage tags: a search parent run or one of its trial runs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.tracking import PARENT_TAG
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"config field 'from_run': no MLflow run {run_id!r} in {tracking_uri}") from None
+    tags = run.data.tags
+    kind = tags.get("nasplat.kind")
+    if kind == "search":
+        lineage = {SEARCH_RUN_TAG: run_id, TRIAL_RUN_TAG: tags.get("nasplat.best_trial_run", "")}
+    elif kind == "search-trial":
+        lineage = {SEARCH_RUN_TAG: tags.get(PARENT_TAG, ""), TRIAL_RUN_TAG: run_id}
+    else:
+        raise ConfigError(f"config field 'from_run': run {run_id} is a {kind or 'non-nasplat'} run, "
+                          "not a search (parent) run or a search trial run")
+    with tempfile.TemporaryDirectory(prefix="nasplat-genotype-") as tmp:
+        try:
+            path = client.download_artifacts(run_id, "genotype.json", tmp)
+        except (MlflowException, OSError):
+            raise ConfigError(f"config field 'from_run': run {run_id} has no genotype.json artifact "
+                              "(an unfinished search?)") from None
+        genotype = _genotype_dict_from_file(path)
+    return genotype, {k: v for k, v in lineage.items() if v}
+
+
+def resolve_source(config: RetrainConfig) -> ModelSource:
+    """Turn the config's model source into what workers build, with lineage tags."""
+    from nasplat.genotype import genotype_from_dict
+    from nasplat.models import available_models
+
+    options = dict(config.model_options)
+    if config.baseline:
+        if config.baseline not in available_models():
+            raise ConfigError(f"config field 'baseline': unknown model {config.baseline!r}; "
+                              f"registered models: {', '.join(available_models())}")
+        return ModelSource({"baseline": config.baseline, "options": options}, {}, config.baseline)
+    lineage: dict[str, str] = {}
+    if config.genotype:
+        genotype = _genotype_dict_from_file(config.genotype)
+        lineage["nasplat.source_genotype_file"] = config.genotype
+    else:
+        run_id = config.from_run or latest_search_run(config.tracking_uri, config.search_experiment)
+        if run_id is None:
+            raise ConfigError(
+                "no model source: give --genotype FILE, --from-run RUN_ID or --baseline NAME (no finished search "
+                f"found in MLflow experiment {config.search_experiment!r} at {config.tracking_uri})"
+            )
+        if not config.from_run:
+            _log(f"no model source given: using the latest finished search, run {run_id}")
+        genotype, lineage = genotype_from_run(config.tracking_uri, run_id)
+    parsed = genotype_from_dict(genotype)
+    lineage["genotype_hash"] = parsed.short_hash()
+    return ModelSource({"genotype": genotype, "options": options}, lineage, f"{parsed.space}:{parsed.short_hash()}")
+
+
+def retrain_trial(trial_config: dict[str, Any]) -> None:
+    """Tune trainable: one child MLflow run and one ``TorchTrainer`` fit."""
+    from ray import tune
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from nasplat.runtime.retrain_worker import (
+        RUN_ID_KEY,
+        SOURCE_KEY,
+        TRACKING_KEY,
+        retrain_worker,
+    )
+    from nasplat.tracking import RunLogger
+    from pipelines.search import HEALTH_CHECK_ENV
+
+    trial_config = dict(trial_config)
+    plan: dict = trial_config.pop(PLAN_KEY)
+    parent_run_id: str = trial_config.pop(PARENT_KEY)
+    lineage: dict = trial_config.pop(LINEAGE_KEY)
+    source: dict = trial_config.pop(SOURCE_KEY)
+    config = RetrainConfig.from_dict(trial_config)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = _child_run(config, parent_run_id, trial_id, lineage)
+    trainer = TorchTrainer(
+        retrain_worker,
+        train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri,
+                           SOURCE_KEY: source},
+        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
+                                     resources_per_worker=plan["per_worker"]),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(Path(config.storage) / config.name),
+            callbacks=[TuneReportCallback()],
+            logging_config=LoggingConfig(log_level="WARNING"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.max_failures, controller_failure_limit=config.max_failures),
+            worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        RunLogger(config.tracking_uri, run_id).finish("FAILED")
+        raise
+    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
+
+
+def _child_run(config: RetrainConfig, parent_run_id: str, trial_id: str, lineage: dict) -> str:
+    """Create (or, on resume, find again) the MLflow run of this trial; its params hold the sampled values."""
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.tracking import PARENT_TAG, RunLogger, find_run
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    tags = {PARENT_TAG: parent_run_id, "nasplat.trial_id": trial_id}
+    run_id = find_run(client, experiment_id, tags)
+    if run_id is None:
+        run = client.create_run(experiment_id, run_name=f"{config.name}-{trial_id}",
+                                tags={**tags, **lineage, "nasplat.kind": "retrain-trial"})
+        run_id = run.info.run_id
+    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
+    return run_id
+
+
+def _open_parent_run(config: RetrainConfig, argv: list[str] | None, source: ModelSource) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.tracking import RunLogger, ensure_experiment, find_run, provenance_tags
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = ensure_experiment(client, config.experiment, config.tracking_uri)
+    run_id = find_run(client, experiment_id, {"nasplat.run_name": config.name, "nasplat.kind": "retrain"})
+    if run_id is None:
+        run = client.create_run(experiment_id, run_name=config.name, tags={
+            **provenance_tags("retrain", argv), **source.lineage,
+            "nasplat.run_name": config.name, "nasplat.model": source.label,
+        })
+        run_id = run.info.run_id
+    logger = RunLogger(config.tracking_uri, run_id)
+    logger.log_params(config.to_dict())
+    if "genotype" in source.source:
+        logger.log_json(source.source["genotype"], "genotype.json")
+    return run_id
+
+
+def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> RetrainOutcome:
+    """Run a complete retrain and return the best model's figures, file and runs."""
+    import ray
+
+    from nasplat.runtime.resources import plan_resources
+    from nasplat.runtime.retrain_worker import RetrainProgress
+    from pipelines.search import _start_ray
+
+    config = resolve_paths(config)
+    source = resolve_source(config)
+    run_dir = Path(config.storage) / config.name
+    _log(f"MLflow tracking store: {config.tracking_uri}")
+    _log(f"run directory (checkpoints): {run_dir}")
+    _log(f"model: {source.label}" + (f" (search run {source.lineage[SEARCH_RUN_TAG]})" if SEARCH_RUN_TAG in source.lineage else ""))
+    started_ray = _start_ray(config)
+    try:
+        plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker,
+                              config.gpus_per_worker)
+        _log(f"resources: {plan.describe()}")
+        parent_run_id = _open_parent_run(config, argv, source)
+        progress = RetrainProgress(config.epochs, config.name)
+        results = _fit(config, plan, parent_run_id, source, progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    if len(progress.ended()) < len(results):
+        raise RetrainInterrupted(
+            f"the retrain stopped before all trials finished; its state is saved in {run_dir}. "
+            f"Run the same command with --name {config.name} to resume it."
+        )
+    return _finish(config, results, parent_run_id, source, run_dir)
+
+
+def _fit(config: RetrainConfig, plan, parent_run_id: str, source: ModelSource, progress):
+    from ray import tune
+
+    from nasplat.runtime.retrain_worker import SOURCE_KEY
+
+    trial_space: dict[str, Any] = {
+        **config.to_dict(), PLAN_KEY: {"per_worker": plan.per_worker}, PARENT_KEY: parent_run_id,
+        LINEAGE_KEY: source.lineage, SOURCE_KEY: source.source,
+    }
+    search_alg = scheduler = None
+    if config.trials > 1:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        trial_space.update(lr=tune.loguniform(*config.lr_range),
+                           weight_decay=tune.loguniform(*config.weight_decay_range),
+                           batch_size=tune.choice(list(config.batch_sizes)))
+        search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=config.seed))
+        scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=config.epochs,
+                                                  grace_period=max(1, config.epochs // 4))
+    run_path = str(Path(config.storage) / config.name)
+    trainable = tune.with_resources(retrain_trial, plan.driver)
+    if tune.Tuner.can_restore(run_path):
+        _log(f"resuming the retrain stored in {run_path}")
+        tuner = tune.Tuner.restore(run_path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=trial_space,
+            tune_config=tune.TuneConfig(metric="val_miou", mode="max", num_samples=config.trials,
+                                        search_alg=search_alg, scheduler=scheduler,
+                                        max_concurrent_trials=plan.max_concurrent_trials),
+            run_config=tune.RunConfig(name=config.name, storage_path=config.storage, verbose=0, callbacks=[progress]),
+        )
+    return tuner.fit()
+
+
+def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSource, run_dir: Path) -> RetrainOutcome:
+    """Pick the best trial, fetch its best model file, log it as an MLflow model, tag the parent."""
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.runtime.retrain_worker import BEST_ARTIFACT
+    from nasplat.tracking import PARENT_TAG, RunLogger, find_run
+
+    errors = [r.error for r in results if r.error is not None]
+    finished = [r for r in results if r.metrics and "best_val_miou" in r.metrics]
+    if not finished:
+        raise RuntimeError(f"every trial failed; first error: {errors[0] if errors else 'no result reported'}")
+    best = max(finished, key=lambda r: r.metrics["best_val_miou"])
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    best_run_id = find_run(client, experiment_id, {PARENT_TAG: parent_run_id, "nasplat.trial_id": best.metrics["trial_id"]})
+    if best_run_id is None:
+        raise RuntimeError(f"no MLflow run found for the best trial {best.metrics['trial_id']}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "best_model.pt"
+    with tempfile.TemporaryDirectory(prefix="nasplat-best-") as tmp:
+        shutil.copyfile(client.download_artifacts(best_run_id, BEST_ARTIFACT, tmp), checkpoint)
+    model_uri, version = log_best_model(config, checkpoint, best_run_id, source)
+    parent = RunLogger(config.tracking_uri, parent_run_id)
+    parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"]}, step=int(best.metrics["best_epoch"]))
+    tags = {MODEL_RUN_TAG: best_run_id, "nasplat.best_trial_run": best_run_id, MODEL_URI_TAG: model_uri}
+    if version is not None:
+        tags["nasplat.registered_model"] = f"{config.register_model}/{version}"
+    parent.set_tags(tags)
+    parent.finish("FINISHED" if not errors else "FAILED")
+    return RetrainOutcome(float(best.metrics["best_val_miou"]), int(best.metrics["best_epoch"]), checkpoint,
+                          source.label, parent_run_id, best_run_id, config.tracking_uri, model_uri, version)
+
+
+def log_best_model(config: RetrainConfig, checkpoint: Path, run_id: str, source: ModelSource) -> tuple[str, str | None]:
+    """``mlflow.pytorch.log_model`` of the checkpoint's network in ``run_id`` (name "model", input
+    example and signature at the training crop, genotype.json inside the model folder), registered
+    under ``config.register_model`` when set; returns the model URI and the registered version (or None)."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    from nasplat.retrain_loop import load_model_checkpoint
+    from nasplat.tracking import RunLogger
+
+    model, _ = load_model_checkpoint(checkpoint)  # batch 2 below: keeps the exported batch dimension dynamic
+    example = torch.randn(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = model(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    mlflow.set_tracking_uri(config.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="nasplat-model-") as tmp:
+        extra_files = None
+        if "genotype" in source.source:
+            genotype_path = Path(tmp) / "genotype.json"
+            genotype_path.write_text(json.dumps(source.source["genotype"], indent=2) + "\n")
+            extra_files = [str(genotype_path)]
+            RunLogger(config.tracking_uri, run_id).log_json(source.source["genotype"], "genotype.json")
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=example.numpy(), signature=signature,
+                registered_model_name=config.register_model, extra_files=extra_files,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    version = getattr(info, "registered_model_version", None)
+    return info.model_uri, (str(version) if version is not None else None)
+
+
+def print_outcome(outcome: RetrainOutcome) -> None:
+    from nasplat.tracking import ui_command
+
+    _log("retrain finished")
+    _log(f"model {outcome.model_label}: best val mIoU {outcome.val_miou:.4f} at epoch {outcome.best_epoch}")
+    _log(f"best checkpoint: {outcome.checkpoint}  (nasplat evaluate --checkpoint {outcome.checkpoint})")
+    _log(f"MLflow parent run: {outcome.parent_run_id} (best trial run, holding the logged model: {outcome.best_run_id})")
+    _log(f"MLflow model: {outcome.model_uri}")
+    if outcome.registered_version is not None:
+        _log(f"registered model version: {outcome.registered_version}")
+    _log(f"open the MLflow UI: {ui_command(outcome.tracking_uri)}")
+
+
+RETRAIN_HELP: dict[str, str] = {
+    "genotype": "genotype JSON file to retrain (e.g. nasplat_runs/<search>/genotype.json)",
+    "from_run": "MLflow run id of a search (parent run: its best genotype) or of a search trial",
+    "baseline": "registered baseline model to train instead: duc_hdc, deeplabv3plus, icnet, ...",
+    "model_options": "network options as KEY=VALUE, repeatable (darts genotype: C, layers, reductions, "
+    "head_channels, drop_path; deeplabv3plus: backbone=resnet101|mobilenet_v2, output_stride=16|8)",
+    "dataset": "dataset: synthetic, voc, cityscapes (official layout under --data-root) or parquet:DIR",
+    "data_root": "folder holding the official VOC or Cityscapes layout",
+    "image_size": "square crop size in pixels for training and validation",
+    "train_samples": "synthetic data: training samples (the whole training split is used)",
+    "val_samples": "synthetic data: validation samples",
+    "epochs": "training epochs",
+    "batch_size": "batch size per worker (sampled from --batch-sizes when --trials > 1)",
+    "workers": "Ray Train workers (DDP) per trial",
+    "cpus_per_worker": "CPUs reserved per worker (default: up to 1, sized to the cluster)",
+    "gpus_per_worker": "GPUs per worker (0 = CPU only)",
+    "lr": "SGD learning rate at the start of the poly schedule (sampled when --trials > 1)",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay (sampled when --trials > 1)",
+    "poly_power": "power of the poly schedule lr * (1 - t/T)^power, t counted in iterations",
+    "aux_weight": "weight of auxiliary outputs' losses for models that return them and have no loss method",
+    "eval_scales": "validation scales; the softmax is averaged over them",
+    "eval_flip": "also average the softmax over horizontally flipped images",
+    "trials": "Tune trials; > 1: Optuna samples lr, weight decay and batch size, ASHA stops weak trials",
+    "lr_range": "LOW HIGH of the log-uniform learning-rate range sampled when --trials > 1",
+    "weight_decay_range": "LOW HIGH of the log-uniform weight-decay range sampled when --trials > 1",
+    "batch_sizes": "batch sizes sampled when --trials > 1",
+    "seed": "random seed (data, initialisation, Optuna sampler)",
+    "storage": "directory for checkpoints and run folders (made absolute)",
+    "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
+    "experiment": "MLflow experiment of the retrain runs",
+    "search_experiment": "MLflow experiment searched for the latest finished search when no model source is given",
+    "name": "run name; re-running with the same name resumes that retrain",
+    "address": "Ray cluster address (default: start a local Ray instance)",
+    "register_model": "register the best model in the MLflow model registry under this name",
+    "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
+}
+LIST_FLAGS = {"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
+              "batch_sizes": (int, "+")}
+NULLABLE_TYPES = {"cpus_per_worker": float}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per RetrainConfig field (``--model-option KEY=VALUE`` for the options mapping)."""
+    defaults = RetrainConfig()
+    parser.add_argument("--config", help="YAML file of options (keys = option names with underscores)")
+    for field in dataclasses.fields(RetrainConfig):
+        if field.name in skip:
+            continue
+        default = getattr(defaults, field.name)
+        help_text = f"{RETRAIN_HELP[field.name]} (default: {default})"
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "model_options":
+            parser.add_argument("--model-option", dest=field.name, action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS, help=help_text)
+        elif field.name in LIST_FLAGS:
+            kind, nargs = LIST_FLAGS[field.name]
+            parser.add_argument(flag, dest=field.name, type=kind, nargs=nargs, default=argparse.SUPPRESS, help=help_text)
+        elif isinstance(default, bool):
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = type(default) if default is not None else NULLABLE_TYPES.get(field.name, str)
+            parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> RetrainConfig:
+    """File values, overridden by the flags given on the command line."""
+    from pipelines.cli import _parse_key_values
+
+    values: dict[str, Any] = {}
+    source = "command line"
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+        source = args.config
+    flags = {k: v for k, v in vars(args).items() if k in RetrainConfig.field_names()}
+    if "model_options" in flags:
+        flags["model_options"] = {**values.get("model_options", {}), **_parse_key_values("--model-option", flags["model_options"])}
+    values.update(flags)
+    return RetrainConfig.from_dict(values, source=source)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "retrain", help="retrain a searched genotype or a baseline (Ray Train + Tune/Optuna, tracked in MLflow)",
+        description="Train a network from a genotype file, a search's MLflow run (--from-run), or a baseline "
+        "(--baseline); with no source, the latest finished search. Trials run as a Ray Tune experiment; with "
+        "--trials > 1 Optuna samples lr, weight decay and batch size and ASHA stops weak trials. Command-line flags "
+        "win over --config.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    try:
+        print_outcome(run_retrain(config, argv=["nasplat", *sys.argv[1:]]))
+    except RetrainInterrupted as err:
+        print(f"nasplat: {err}", file=sys.stderr, flush=True)
+        return 130
+    return 0
