@@ -235,6 +235,10 @@ def validation_split(data: Mapping[str, Any]) -> tuple[Dataset, tuple[str, ...],
     return splits.val, splits.class_names, splits.num_classes
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
 class Retrainer:
     """Trains one network on this worker's shard of the whole training split (train_a + train_b)."""
 
@@ -288,7 +292,12 @@ class Retrainer:
             steps += 1
             samples += images.shape[0]
         loss_mean = torch.tensor([loss_sum / max(steps, 1)], dtype=torch.float64, device=self.device)
-        average_([loss_mean])
+        average_([loss_mean])  # every rank sees the same value, so all of them stop together
+        if not math.isfinite(float(loss_mean)):
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1}: the mean training loss is {float(loss_mean)} "
+                f"(lr {lr:g}, batch size {self.config.batch_size}); lower --lr or raise --image-size"
+            )
         elapsed = time.perf_counter() - started
         self.epoch += 1
         return {"train_loss": float(loss_mean), "lr": lr, "epoch_time_s": elapsed,

@@ -10,6 +10,7 @@ from torch import nn
 from nasplat.config import ConfigError
 from nasplat.retrain_config import RetrainConfig
 from nasplat.retrain_loop import (
+    TrainingDiverged,
     ModelSpec,
     Retrainer,
     evaluate_model,
@@ -193,3 +194,9 @@ def test_config_from_dict_rejects_unknown_fields_and_round_trips():
     config = RetrainConfig(baseline="icnet", eval_scales=[0.75, 1.0])
     assert RetrainConfig.from_dict(config.to_dict()) == config
     assert config.replace(epochs=3).epochs == 3 and config.source() == "baseline"
+
+
+def test_a_diverging_run_stops_with_a_clear_error():
+    trainer = Retrainer(RetrainConfig(**TINY, epochs=1, lr=1e30), DARTS_SOURCE)
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1: .*lower --lr"):
+        trainer.train_epoch()
