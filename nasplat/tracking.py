@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
+RAY_JOB_TAG = "nasplat.ray_job_id"
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray's job supervisor for a job's entrypoint: JSON with ``metadata.job_submission_id``."""
 MAX_PARAM_LENGTH = 6000
 
 
@@ -150,6 +154,24 @@ def provenance_tags(kind: str, argv: list[str] | None = None) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return tags
+
+
+def ray_job_tags() -> dict[str, str]:
+    """``{"nasplat.ray_job_id": <submission id>}`` when this process is a Ray Job's entrypoint, else ``{}``.
+
+    Ray's job supervisor (ray/dashboard/modules/job/job_supervisor.py) starts the entrypoint with the
+    environment variable ``RAY_JOB_CONFIG_JSON_ENV_VAR`` holding the job's runtime env and metadata;
+    the metadata's ``job_submission_id`` is the id ``nasplat submit`` and ``ray job submit`` print.
+    """
+    raw = os.environ.get(RAY_JOB_CONFIG_ENV)
+    if not raw:
+        return {}
+    try:
+        metadata = json.loads(raw).get("metadata") or {}
+    except (ValueError, AttributeError):
+        return {}
+    job_id = metadata.get("job_submission_id")
+    return {RAY_JOB_TAG: str(job_id)} if job_id else {}
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:

@@ -28,12 +28,15 @@ from nasplat.search_loop import early_stop_config
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import (
-    PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, resolve_tracking_uri, ui_command,
+    PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags, resolve_tracking_uri, ui_command,
 )
 
 HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
+WORKER_NODE_TAG = "nasplat.worker_node"
+"""Child-run tag prefix: ``nasplat.worker_node.<rank>`` = the Ray node id that worker ran on."""
 
 
 @dataclasses.dataclass
@@ -43,15 +46,44 @@ class SearchOutcome:
     parent_run_id: str
     best_run_id: str
     tracking_uri: str
-    run_dir: Path
+    run_dir: str
 
 
 def _log(message: str) -> None:
     print(f"[nasplat] {message}", flush=True)
 
 
+def is_uri(location: str) -> bool:
+    """True for storage given as a URI (``s3://``, ``gs://``, ``file://`` ...), which stays as written."""
+    return "://" in location
+
+
+def run_location(config: SearchConfig) -> str:
+    """The search's folder in its storage: a local path or a URI (``s3://bucket/prefix/<name>``)."""
+    if is_uri(config.storage):
+        return f"{config.storage.rstrip('/')}/{config.name}"
+    return str(Path(config.storage) / config.name)
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small text file to a local path or, through pyarrow's filesystems, to a storage URI."""
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+        return
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
 def resolve_paths(config: SearchConfig) -> SearchConfig:
-    """Make storage, tracking URI and a user space file absolute, and give the run a name."""
+    """Make storage (unless a URI), tracking URI and a user space file absolute, and give the run a name.
+
+    Without ``tracking_uri`` the store is ``MLFLOW_TRACKING_URI`` (as set on cluster nodes), else the local default.
+    """
     name, source = resolve_space_spec(config.space)
     space = f"{source}:{name}" if source else name
     dataset = config.dataset
@@ -60,20 +92,22 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
     return config.replace(
         dataset=dataset,
         data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
-        storage=str(Path(config.storage).expanduser().resolve()),
-        tracking_uri=resolve_tracking_uri(config.tracking_uri),
+        storage=config.storage if is_uri(config.storage) else str(Path(config.storage).expanduser().resolve()),
+        tracking_uri=resolve_tracking_uri(config.tracking_uri or os.environ.get(TRACKING_URI_ENV)),
         name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
         space=space,
     )
 
 
 def _start_ray(config: SearchConfig) -> bool:
-    """Join ``config.address`` or start a local Ray sized to this machine; True if we started it."""
+    """Join ``config.address`` (or ``RAY_ADDRESS``, which a Ray Job's entrypoint gets) or start a local Ray
+    sized to this machine; True if we connected."""
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": dict(HEALTH_CHECK_ENV)}
-    if config.address:
-        ray.init(address=config.address, runtime_env=runtime_env, log_to_driver=True)
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return True
     os.environ.update(HEALTH_CHECK_ENV)
     ray.init(
@@ -102,7 +136,7 @@ def search_trial(trial_config: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     run_id = _child_run(config, parent_run_id, trial_id)
     trainer = TorchTrainer(
-        search_worker,
+        placed_search_worker,
         datasets=search_datasets(config) if uses_ray_data(config) else None,
         train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
         torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
@@ -110,10 +144,11 @@ def search_trial(trial_config: dict[str, Any]) -> None:
             num_workers=config.workers,
             use_gpu=config.gpus_per_worker > 0,
             resources_per_worker=plan["per_worker"],
+            placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=str(Path(config.storage) / config.name),
+            storage_path=run_location(config),
             callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -127,6 +162,20 @@ def search_trial(trial_config: dict[str, Any]) -> None:
         RunLogger(config.tracking_uri, run_id).finish("FAILED")
         raise
     RunLogger(config.tracking_uri, run_id).finish("FINISHED")
+
+
+def placed_search_worker(loop_config: dict[str, Any]) -> None:
+    """``search_worker``, after tagging the child run with the node this worker runs on.
+
+    Each worker sets ``nasplat.worker_node.<world rank>`` to its Ray node id, so the run shows how
+    the placement strategy spread the trial over the cluster.
+    """
+    from ray import train
+
+    rank = train.get_context().get_world_rank()
+    node_id = ray.get_runtime_context().get_node_id()
+    RunLogger(loop_config[TRACKING_KEY], loop_config[RUN_ID_KEY]).set_tags({f"{WORKER_NODE_TAG}.{rank}": node_id})
+    search_worker(loop_config)
 
 
 def _child_run(config: SearchConfig, parent_run_id: str, trial_id: str) -> str:
@@ -195,6 +244,9 @@ def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:
             tags={**provenance_tags("search", argv), "nasplat.run_name": config.name, "nasplat.space": config.space},
         )
         run_id = run.info.run_id
+    job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran the search
+    if job_tags:
+        RunLogger(config.tracking_uri, run_id).set_tags(job_tags)
     RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
     return run_id
 
@@ -209,7 +261,7 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
     early_stop_config(config)  # fail before Ray starts if the rule's options are wrong
     if uses_ray_data(config):
         verify_shards(config.dataset.split(":", 1)[1])  # once, here; the readers trust the manifest
-    run_dir = Path(config.storage) / config.name
+    run_dir = run_location(config)
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
     started_ray = _start_ray(config)
@@ -245,11 +297,11 @@ def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str, progress:
         tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=config.epochs * (10 if config.early_stop_mode == "ada" else 1), grace_period=max(1, config.epochs // 4))
         if config.trials > 1 else None
     )
-    run_path = Path(config.storage) / config.name
+    run_path = run_location(config)
     trainable = tune.with_resources(search_trial, plan.driver)
-    if tune.Tuner.can_restore(str(run_path)):
+    if tune.Tuner.can_restore(run_path):
         _log(f"resuming the search stored in {run_path}")
-        tuner = tune.Tuner.restore(str(run_path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(run_path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -266,7 +318,7 @@ def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str, progress:
     return tuner.fit()
 
 
-def _summarise(config: SearchConfig, results: tune.ResultGrid, parent_run_id: str, run_dir: Path) -> SearchOutcome:
+def _summarise(config: SearchConfig, results: tune.ResultGrid, parent_run_id: str, run_dir: str) -> SearchOutcome:
     errors = [r.error for r in results if r.error is not None]
     finished = [r for r in results if r.error is None and r.metrics and "genotype" in r.metrics]
     if not finished:
@@ -281,8 +333,7 @@ def _summarise(config: SearchConfig, results: tune.ResultGrid, parent_run_id: st
     parent.log_json(genotype.to_dict(), "genotype.json")
     parent.set_tags({"nasplat.best_trial_run": best_run_id, "genotype_hash": genotype.short_hash()})
     parent.finish("FINISHED" if not errors else "FAILED")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "genotype.json").write_text(genotype.to_json() + "\n")
+    write_text(f"{run_dir}/genotype.json", genotype.to_json() + "\n")
     return SearchOutcome(genotype, float(best.metrics["val_miou"]), parent_run_id, best_run_id, config.tracking_uri, run_dir)
 
 
@@ -296,6 +347,6 @@ def print_outcome(outcome: SearchOutcome) -> None:
     _log("search finished")
     print(format_genotype(outcome.genotype))
     _log(f"supernet val mIoU (best trial, last epoch): {outcome.val_miou:.4f}")
-    _log(f"genotype written to {outcome.run_dir / 'genotype.json'}")
+    _log(f"genotype written to {outcome.run_dir}/genotype.json")
     _log(f"MLflow parent run: {outcome.parent_run_id} (best trial run: {outcome.best_run_id})")
     _log(f"open the MLflow UI: {ui_command(outcome.tracking_uri)}")
