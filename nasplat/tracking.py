@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 PARENT_TAG = "mlflow.parentRunId"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 RAY_JOB_TAG = "nasplat.ray_job_id"
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 """Set by Ray's job supervisor for a job's entrypoint: JSON with ``metadata.job_submission_id``."""
@@ -27,11 +28,13 @@ MAX_PARAM_LENGTH = 6000
 
 
 def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None, create: bool = True) -> str:
-    """Default ``sqlite:///<cwd>/mlflow.db``; relative SQLite paths become absolute.
+    """``uri``, else ``MLFLOW_TRACKING_URI`` (as MLflow itself does), else ``sqlite:///<cwd>/mlflow.db``.
 
-    A plain folder path means ``<folder>/mlflow.db``; the folder is made unless ``create`` is False.
+    Relative SQLite paths become absolute. A plain folder path means ``<folder>/mlflow.db``; the folder is
+    made unless ``create`` is False.
     """
     base = Path(base_dir or Path.cwd()).resolve()
+    uri = uri or os.environ.get(TRACKING_URI_ENV)
     if uri is None or uri == "":
         return f"sqlite:///{base / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):

@@ -32,7 +32,6 @@ from nasplat.tracking import (
 )
 
 HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
 WORKER_NODE_TAG = "nasplat.worker_node"
@@ -93,7 +92,7 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
         dataset=dataset,
         data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
         storage=config.storage if is_uri(config.storage) else str(Path(config.storage).expanduser().resolve()),
-        tracking_uri=resolve_tracking_uri(config.tracking_uri or os.environ.get(TRACKING_URI_ENV)),
+        tracking_uri=resolve_tracking_uri(config.tracking_uri),
         name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
         space=space,
     )
