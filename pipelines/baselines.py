@@ -44,14 +44,14 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
 
     from pipelines.evaluate import evaluate_checkpoint
     from pipelines.retrain import resolve_paths, resolve_source, run_retrain
-    from pipelines.search import _start_ray
+    from nasplat.runtime.ray_session import start_ray
 
     config = resolve_paths(config.replace(name=prefix))
     if "searched" in models:  # find the genotype before any training starts
         source = resolve_source(config.replace(from_run=from_run))
         from_run = from_run or source.lineage["nasplat.source_search_run"]
     rows = []
-    started_ray = _start_ray(config)
+    started_ray = start_ray(config.address, config.trials)
     try:
         for model in models:
             fields = MODELS[model] or {"from_run": from_run}

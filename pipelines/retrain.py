@@ -187,7 +187,7 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
         retrain_worker,
     )
     from nasplat.tracking import RunLogger
-    from pipelines.search import HEALTH_CHECK_ENV
+    from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
 
     trial_config = dict(trial_config)
     plan: dict = trial_config.pop(PLAN_KEY)
@@ -267,7 +267,7 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Retrain
 
     from nasplat.runtime.resources import plan_resources
     from nasplat.runtime.retrain_worker import RetrainProgress
-    from pipelines.search import _start_ray
+    from nasplat.runtime.ray_session import start_ray
 
     config = resolve_paths(config)
     source = resolve_source(config)
@@ -275,7 +275,7 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Retrain
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
     _log(f"model: {source.label}" + (f" (search run {source.lineage[SEARCH_RUN_TAG]})" if SEARCH_RUN_TAG in source.lineage else ""))
-    started_ray = _start_ray(config)
+    started_ray = start_ray(config.address, config.trials)
     try:
         plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker,
                               config.gpus_per_worker)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,17 @@ from mlflow.tracking import MlflowClient
 import nasplat
 from nasplat.config import SearchConfig
 from nasplat.genotype import genotype_from_dict
-from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.runtime.resources import ResourcePlan, plan_resources
 from nasplat.data.shards import verify_shards
 from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
 from nasplat.search_loop import early_stop_config
+from nasplat.runtime.ray_session import HEALTH_CHECK_ENV, start_ray
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import (
     PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags, resolve_tracking_uri, ui_command,
 )
 
-HEALTH_CHECK_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
 WORKER_NODE_TAG = "nasplat.worker_node"
@@ -96,30 +95,6 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
         name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
         space=space,
     )
-
-
-def _start_ray(config: SearchConfig) -> bool:
-    """Join ``config.address`` (or ``RAY_ADDRESS``, which a Ray Job's entrypoint gets) or start a local Ray
-    sized to this machine; True if we connected."""
-    if ray.is_initialized():
-        return False
-    runtime_env = {"env_vars": dict(HEALTH_CHECK_ENV)}
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-        return True
-    os.environ.update(HEALTH_CHECK_ENV)
-    ray.init(
-        num_cpus=os.cpu_count() or 1,
-        resources={DRIVER_RESOURCE: max(1, config.trials)},
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env=runtime_env,
-        log_to_driver=True,
-        configure_logging=True,
-        logging_level="WARNING",
-    )
-    return True
 
 
 def search_trial(trial_config: dict[str, Any]) -> None:
@@ -263,7 +238,7 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
     run_dir = run_location(config)
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
-    started_ray = _start_ray(config)
+    started_ray = start_ray(config.address, config.trials)
     try:
         plan = plan_resources(
             ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker, config.gpus_per_worker,
