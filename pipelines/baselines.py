@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from nasplat.config import ConfigError
 from nasplat.retrain_config import RetrainConfig
+from nasplat.storage import run_location, write_bytes
 
 MODELS: dict[str, dict[str, Any]] = {
     "duc_hdc": {"baseline": "duc_hdc", "model_options": {}},
@@ -42,7 +43,7 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
     """Retrain each model under ``config``'s budget and evaluate its best model; one dict per model."""
     import ray
 
-    from pipelines.evaluate import evaluate_checkpoint
+    from pipelines.evaluate import checkpoint_from_run, evaluate_checkpoint
     from pipelines.retrain import resolve_paths, resolve_source, run_retrain
     from nasplat.runtime.ray_session import start_ray
 
@@ -57,7 +58,10 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
             fields = MODELS[model] or {"from_run": from_run}
             print(f"[nasplat] baselines: retraining {model} ({len(rows) + 1}/{len(models)})", flush=True)
             outcome = run_retrain(config.replace(**fields, name=f"{prefix}-{model}"), argv=argv)
-            report = evaluate_checkpoint(outcome.checkpoint, latency_size=latency_size)
+            with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
+                # the model file from MLflow: the same bytes as outcome.checkpoint, which may be an s3:// URI
+                local = checkpoint_from_run(config.tracking_uri, outcome.parent_run_id, tmp)
+                report = evaluate_checkpoint(local, latency_size=latency_size)
             rows.append({"model": model, "label": outcome.model_label, "val_miou": report["val_miou"],
                          "params": report["params"], "flops": report["flops"], "latency_ms": report["latency_ms"],
                          "input_size": report["input_size"], "run_id": outcome.parent_run_id,
@@ -65,9 +69,8 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
     finally:
         if started_ray:
             ray.shutdown()
-    summary = Path(config.storage) / prefix / "comparison.json"
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps(rows, indent=2) + "\n")
+    summary = f"{run_location(config.storage, prefix)}/comparison.json"
+    write_bytes(summary, (json.dumps(rows, indent=2) + "\n").encode())
     print(f"[nasplat] comparison written to {summary}", flush=True)
     return rows
 

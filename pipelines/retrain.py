@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from nasplat.config import ConfigError, load_config_file
 from nasplat.retrain_config import RetrainConfig
+from nasplat.storage import resolve_storage, run_location, write_bytes
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -49,7 +49,8 @@ class ModelSource:
 class RetrainOutcome:
     val_miou: float
     best_epoch: int
-    checkpoint: Path
+    checkpoint: str
+    """Local path or storage URI of ``best_model.pt``."""
     model_label: str
     parent_run_id: str
     best_run_id: str
@@ -74,7 +75,7 @@ def resolve_paths(config: RetrainConfig) -> RetrainConfig:
         dataset=dataset,
         genotype=str(Path(config.genotype).expanduser().resolve()) if config.genotype else None,
         data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
-        storage=str(Path(config.storage).expanduser().resolve()),
+        storage=resolve_storage(config.storage),
         tracking_uri=resolve_tracking_uri(config.tracking_uri),
         name=config.name or f"retrain-{label}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
@@ -206,7 +207,7 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
                                      resources_per_worker=plan["per_worker"]),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=str(Path(config.storage) / config.name),
+            storage_path=run_location(config.storage, config.name),
             callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -271,7 +272,7 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Retrain
 
     config = resolve_paths(config)
     source = resolve_source(config)
-    run_dir = Path(config.storage) / config.name
+    run_dir = run_location(config.storage, config.name)
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
     _log(f"model: {source.label}" + (f" (search run {source.lineage[SEARCH_RUN_TAG]})" if SEARCH_RUN_TAG in source.lineage else ""))
@@ -314,7 +315,7 @@ def _fit(config: RetrainConfig, plan, parent_run_id: str, source: ModelSource, p
         search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=config.seed))
         scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=config.epochs,
                                                   grace_period=max(1, config.epochs // 4))
-    run_path = str(Path(config.storage) / config.name)
+    run_path = run_location(config.storage, config.name)
     trainable = tune.with_resources(retrain_trial, plan.driver)
     if tune.Tuner.can_restore(run_path):
         _log(f"resuming the retrain stored in {run_path}")
@@ -330,7 +331,7 @@ def _fit(config: RetrainConfig, plan, parent_run_id: str, source: ModelSource, p
     return tuner.fit()
 
 
-def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSource, run_dir: Path) -> RetrainOutcome:
+def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSource, run_dir: str) -> RetrainOutcome:
     """Pick the best trial, fetch its best model file, log it as an MLflow model, tag the parent."""
     from mlflow.tracking import MlflowClient
 
@@ -347,11 +348,11 @@ def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSou
     best_run_id = find_run(client, experiment_id, {PARENT_TAG: parent_run_id, "nasplat.trial_id": best.metrics["trial_id"]})
     if best_run_id is None:
         raise RuntimeError(f"no MLflow run found for the best trial {best.metrics['trial_id']}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "best_model.pt"
+    checkpoint = f"{run_dir}/best_model.pt"
     with tempfile.TemporaryDirectory(prefix="nasplat-best-") as tmp:
-        shutil.copyfile(client.download_artifacts(best_run_id, BEST_ARTIFACT, tmp), checkpoint)
-    model_uri, version = log_best_model(config, checkpoint, best_run_id, source)
+        downloaded = Path(client.download_artifacts(best_run_id, BEST_ARTIFACT, tmp))
+        write_bytes(checkpoint, downloaded.read_bytes())
+        model_uri, version = log_best_model(config, downloaded, best_run_id, source)
     parent = RunLogger(config.tracking_uri, parent_run_id)
     parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"]}, step=int(best.metrics["best_epoch"]))
     tags = {MODEL_RUN_TAG: best_run_id, "nasplat.best_trial_run": best_run_id, MODEL_URI_TAG: model_uri}

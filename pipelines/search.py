@@ -26,6 +26,7 @@ from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_da
 from nasplat.search_loop import early_stop_config
 from nasplat.runtime.ray_session import HEALTH_CHECK_ENV, start_ray
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
+from nasplat.storage import resolve_storage, run_location, write_bytes
 from nasplat.space import get_space, import_space_source, resolve_space_spec
 from nasplat.tracking import (
     PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags, resolve_tracking_uri, ui_command,
@@ -51,32 +52,6 @@ def _log(message: str) -> None:
     print(f"[nasplat] {message}", flush=True)
 
 
-def is_uri(location: str) -> bool:
-    """True for storage given as a URI (``s3://``, ``gs://``, ``file://`` ...), which stays as written."""
-    return "://" in location
-
-
-def run_location(config: SearchConfig) -> str:
-    """The search's folder in its storage: a local path or a URI (``s3://bucket/prefix/<name>``)."""
-    if is_uri(config.storage):
-        return f"{config.storage.rstrip('/')}/{config.name}"
-    return str(Path(config.storage) / config.name)
-
-
-def write_text(location: str, text: str) -> None:
-    """Write a small text file to a local path or, through pyarrow's filesystems, to a storage URI."""
-    if not is_uri(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        Path(location).write_text(text)
-        return
-    import pyarrow.fs
-
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(text.encode())
-
-
 def resolve_paths(config: SearchConfig) -> SearchConfig:
     """Make storage (unless a URI), tracking URI and a user space file absolute, and give the run a name.
 
@@ -90,7 +65,7 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
     return config.replace(
         dataset=dataset,
         data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
-        storage=config.storage if is_uri(config.storage) else str(Path(config.storage).expanduser().resolve()),
+        storage=resolve_storage(config.storage),
         tracking_uri=resolve_tracking_uri(config.tracking_uri),
         name=config.name or f"search-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
         space=space,
@@ -122,7 +97,7 @@ def search_trial(trial_config: dict[str, Any]) -> None:
         ),
         run_config=RunConfig(
             name=f"train-{trial_id}",
-            storage_path=run_location(config),
+            storage_path=run_location(config.storage, config.name),
             callbacks=[TuneReportCallback()],
             logging_config=LoggingConfig(log_level="WARNING"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -235,7 +210,7 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
     early_stop_config(config)  # fail before Ray starts if the rule's options are wrong
     if uses_ray_data(config):
         verify_shards(config.dataset.split(":", 1)[1])  # once, here; the readers trust the manifest
-    run_dir = run_location(config)
+    run_dir = run_location(config.storage, config.name)
     _log(f"MLflow tracking store: {config.tracking_uri}")
     _log(f"run directory (checkpoints): {run_dir}")
     started_ray = start_ray(config.address, config.trials)
@@ -271,7 +246,7 @@ def _fit(config: SearchConfig, plan: ResourcePlan, parent_run_id: str, progress:
         tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=config.epochs * (10 if config.early_stop_mode == "ada" else 1), grace_period=max(1, config.epochs // 4))
         if config.trials > 1 else None
     )
-    run_path = run_location(config)
+    run_path = run_location(config.storage, config.name)
     trainable = tune.with_resources(search_trial, plan.driver)
     if tune.Tuner.can_restore(run_path):
         _log(f"resuming the search stored in {run_path}")
@@ -307,7 +282,7 @@ def _summarise(config: SearchConfig, results: tune.ResultGrid, parent_run_id: st
     parent.log_json(genotype.to_dict(), "genotype.json")
     parent.set_tags({"nasplat.best_trial_run": best_run_id, "genotype_hash": genotype.short_hash()})
     parent.finish("FINISHED" if not errors else "FAILED")
-    write_text(f"{run_dir}/genotype.json", genotype.to_json() + "\n")
+    write_bytes(f"{run_dir}/genotype.json", (genotype.to_json() + "\n").encode())
     return SearchOutcome(genotype, float(best.metrics["val_miou"]), parent_run_id, best_run_id, config.tracking_uri, run_dir)
 
 

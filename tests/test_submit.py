@@ -189,13 +189,14 @@ def test_placement_strategy_is_one_of_rays():
 
 
 def test_uri_storage_is_kept_and_written_through_pyarrow(tmp_path, monkeypatch):
-    from pipelines.search import resolve_paths, run_location, write_text
+    from nasplat.storage import run_location, write_bytes
+    from pipelines.search import resolve_paths
 
     monkeypatch.chdir(tmp_path)
     config = resolve_paths(SearchConfig(storage="s3://bucket/prefix/", name="run1"))
-    assert config.storage == "s3://bucket/prefix/" and run_location(config) == "s3://bucket/prefix/run1"
+    assert config.storage == "s3://bucket/prefix/" and run_location(config.storage, config.name) == "s3://bucket/prefix/run1"
     local = resolve_paths(SearchConfig(storage="runs", name="run1"))
-    assert run_location(local) == str(tmp_path / "runs" / "run1")
+    assert run_location(local.storage, local.name) == str(tmp_path / "runs" / "run1")
     uri = (tmp_path / "store").as_uri() + "/run1/genotype.json"
-    write_text(uri, "{}\n")
+    write_bytes(uri, b"{}\n")
     assert (tmp_path / "store" / "run1" / "genotype.json").read_text() == "{}\n"
