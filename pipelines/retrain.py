@@ -244,7 +244,7 @@ def _child_run(config: RetrainConfig, parent_run_id: str, trial_id: str, lineage
 def _open_parent_run(config: RetrainConfig, argv: list[str] | None, source: ModelSource) -> str:
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking import RunLogger, ensure_experiment, find_run, provenance_tags
+    from nasplat.tracking import RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags
 
     client = MlflowClient(tracking_uri=config.tracking_uri)
     experiment_id = ensure_experiment(client, config.experiment, config.tracking_uri)
@@ -256,6 +256,9 @@ def _open_parent_run(config: RetrainConfig, argv: list[str] | None, source: Mode
         })
         run_id = run.info.run_id
     logger = RunLogger(config.tracking_uri, run_id)
+    job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran the retrain
+    if job_tags:
+        logger.set_tags(job_tags)
     logger.log_params(config.to_dict())
     if "genotype" in source.source:
         logger.log_json(source.source["genotype"], "genotype.json")
