@@ -13,3 +13,10 @@ def _one_torch_thread_and_seed():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """Every test starts without MLFLOW_TRACKING_URI, and none leaks out: ``mlflow.set_tracking_uri`` sets it
+    in this process, and every nasplat subprocess would then record to the previous test's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
