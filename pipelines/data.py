@@ -45,13 +45,18 @@ def prepare(
     splits = list(splits or default_splits(source, root))
     if source == "voc":
         records = [r for split in splits for r in voc_records(root, split)]
-        load, names = functools.partial(load_sample, label_map=None, num_classes=len(VOC_CLASSES)), VOC_CLASSES
+        label_map, names = None, VOC_CLASSES
     else:
         records = [r for split in splits for r in cityscapes_records(root, split)]
-        load = functools.partial(load_sample, label_map=LABEL_ID_TO_TRAIN_ID, num_classes=len(CITYSCAPES_CLASSES))
-        names = CITYSCAPES_CLASSES
-    return prepare_shards(records, load, out, dataset=source, class_names=names, max_shard_bytes=max_shard_bytes,
-                          skip_bad=skip_bad, progress=progress)
+        label_map, names = LABEL_ID_TO_TRAIN_ID, CITYSCAPES_CLASSES
+    return _prepare_records(records, out, source, names, label_map, skip_bad, max_shard_bytes, progress)
+
+
+def _prepare_records(records, out, dataset, names, label_map, skip_bad, max_shard_bytes, progress) -> Manifest:
+    """Shard ``records``; the writing pass re-reads images without decoding them (pass 1 did)."""
+    load = functools.partial(load_sample, label_map=label_map, num_classes=len(names))
+    return prepare_shards(records, load, out, dataset=dataset, class_names=names, max_shard_bytes=max_shard_bytes,
+                          skip_bad=skip_bad, progress=progress, reload=functools.partial(load, check_image=False))
 
 
 def _prepare_synthetic(out, samples, image_size, seed, skip_bad, max_shard_bytes, progress) -> Manifest:
@@ -63,9 +68,8 @@ def _prepare_synthetic(out, samples, image_size, seed, skip_bad, max_shard_bytes
             scenes = SyntheticScenes(count, size=(image_size, image_size), seed=seed, offset=offset)
             for i in range(count):
                 records.append(_write_png_pair(Path(tmp), split, f"synthetic_{offset + i:06d}", *scenes[i]))
-        load = functools.partial(load_sample, label_map=None, num_classes=len(scenes.class_names))
-        return prepare_shards(records, load, out, dataset="synthetic", class_names=scenes.class_names,
-                              max_shard_bytes=max_shard_bytes, skip_bad=skip_bad, progress=progress)
+        return _prepare_records(records, out, "synthetic", scenes.class_names, None, skip_bad, max_shard_bytes,
+                                progress)
 
 
 def _write_png_pair(folder: Path, split: str, sample_id: str, image, mask) -> SampleRecord:

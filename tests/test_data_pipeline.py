@@ -52,12 +52,15 @@ def test_prepare_missing_root_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_search_data_from_shards_has_disjoint_halves(tmp_path):
+def test_search_data_from_shards_has_disjoint_halves(tmp_path, monkeypatch):
     out = tmp_path / "shards"
-    assert main(["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "10", "4",
+    assert main(["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "11", "4",
                  "--image-size", "20"]) == 0
-    data = search_data(f"parquet:{out}", image_size=16, train_samples=0, val_samples=0, seed=0)
-    assert (len(data.train_a), len(data.train_b), len(data.val)) == (5, 5, 4)
+    with monkeypatch.context() as patch:  # metadata and counts without reading the sample-id column
+        patch.setattr(ShardDataset, "sample_ids", lambda self: pytest.fail("read the sample ids"))
+        data = search_data(f"parquet:{out}", image_size=16, train_samples=0, val_samples=0, seed=0)
+        assert data.description["counts"] == {"train_a": 6, "train_b": 5, "val": 4}
+    assert (len(data.train_a.indices), len(data.train_b.indices), len(data.val)) == (6, 5, 4)
     assert set(data.train_a.indices).isdisjoint(data.train_b.indices)
     assert data.num_classes == 6 and data.description["split_rule"].startswith("sample ids sorted")
     ids = ShardDataset(out, "train").sample_ids()
@@ -65,7 +68,7 @@ def test_search_data_from_shards_has_disjoint_halves(tmp_path):
     assert a_ids == sorted(ids)[0::2]  # alternate sorted ids: disjoint and balanced
     image, mask = data.train_a[0]
     assert tuple(image.shape) == (3, 16, 16) and tuple(mask.shape) == (16, 16)
-    assert len(ShardDataset(out, "train")) == 10
+    assert len(ShardDataset(out, "train")) == 11
 
 
 def test_search_data_reads_official_layouts(tmp_path):

@@ -22,10 +22,12 @@ from nasplat.data.shards import (
     SCHEMA,
     ShardDataset,
     ShardError,
+    decode_image,
     decode_mask,
     prepare_shards,
     ray_dataset,
     read_manifest,
+    sample_generator,
     verify_shards,
 )
 from nasplat.data.transforms import SegmentationAugment
@@ -170,7 +172,7 @@ def test_manifest_counts_histogram_checksums(records: list[Record], shard_dir: P
         masks = [np.asarray(Image.open(r.mask_path)) for r in records if r.split == split]
         counts = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=256)
         info = manifest.splits[split]
-        assert manifest.count(split) == info.samples == len(masks)
+        assert info.samples == len(masks)
         assert sum(s.samples for s in info.shards) == len(masks)
         assert list(info.class_histogram) == counts[:NUM_CLASSES].tolist()
         assert info.ignored_pixels == counts[255] > 0
@@ -208,6 +210,11 @@ def test_verify_detects_damage(records: list[Record], tmp_path: Path, damage: st
         verify_shards(out)
     with pytest.raises(ShardError):
         ShardDataset(out, "train")
+    if damage in ("flip_byte", "truncate", "delete_shard"):  # a train shard: val alone still verifies
+        assert verify_shards(out, ["val"]).split("val").samples == len(ShardDataset(out, "val")) == 5
+    elif damage == "extra_parquet":  # a stray file is refused whichever split is opened
+        with pytest.raises(ShardError, match=expected):
+            ShardDataset(out, "val")
 
 
 def _bad_records(records: list[Record], tmp_path: Path) -> tuple[list[Record], list[Record]]:
@@ -246,10 +253,10 @@ def test_skip_bad_writes_the_rest(records: list[Record], tmp_path: Path) -> None
     manifest = _prepare(mixed, tmp_path / "shards", skip_bad=True)
     skipped = {s["sample_id"]: s for s in manifest.skipped}
     assert set(skipped) == {"missing", "label9", "short", "lonely"}
-    assert manifest.count("test") == 0 and len(ShardDataset(tmp_path / "shards", "test")) == 0
+    assert manifest.split("test").samples == 0 and len(ShardDataset(tmp_path / "shards", "test")) == 0
     assert skipped["missing"]["path"] == str(broken[0].image_path)
     assert skipped["label9"]["path"] == str(broken[1].mask_path) and "9" in skipped["label9"]["problem"]
-    assert manifest.count("train") == 6 and manifest.count("val") == 2
+    assert manifest.split("train").samples == 6 and manifest.split("val").samples == 2
     good_ids = [r.sample_id for r in mixed if r.sample_id not in skipped]
     seen = [row["sample_id"] for split in ("train", "val", "test") for row in _rows(tmp_path / "shards", split)]
     assert seen == good_ids
@@ -258,6 +265,22 @@ def test_skip_bad_writes_the_rest(records: list[Record], tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- resuming
+
+
+def test_writing_pass_only_loads_and_checks_digests(records: list[Record], shard_dir: Path, tmp_path: Path) -> None:
+    """Pass 2 uses ``reload`` (no decoding needed) and trusts nothing but the pass-1 digest."""
+    validate, reread = CountingLoader(), CountingLoader()
+    _prepare(records, tmp_path / "a", load=validate, reload=reread)
+    assert validate.calls == reread.calls == len(records)  # each loader once per sample
+    assert _checksums(tmp_path / "a") == _checksums(shard_dir)
+
+    def raw_bytes_plus_one(record: Record) -> tuple[bytes, np.ndarray]:
+        image, mask = load(record)
+        return (image + b"!" if record.sample_id == "val_002" else image), mask
+
+    with pytest.raises(ShardError, match=r"val_002.*'val_002' changed since validation"):
+        _prepare(records, tmp_path / "b", reload=raw_bytes_plus_one)
+    assert not (tmp_path / "b" / MANIFEST_NAME).exists()
 
 
 def _checksums(out: Path) -> dict[str, str]:
@@ -317,10 +340,10 @@ def test_shard_dataset_items_match_sources(records: list[Record], shard_dir: Pat
         expected = [r for r in records if r.split == split]
         ds = ShardDataset(shard_dir, split)
         assert len(ds) == len(expected)
+        assert ds.sample_ids() == [rec.sample_id for rec in expected]
         for i, rec in enumerate(expected):
             image, mask = ds[i]
             rgb = np.asarray(Image.open(rec.image_path).convert("RGB"))
-            assert ds.sample_id(i) == rec.sample_id
             assert image.dtype == torch.float32 and image.shape == (3, *rgb.shape[:2])
             assert torch.allclose(image, torch.from_numpy(rgb.transpose(2, 0, 1) / 255.0).float())
             assert mask.dtype == torch.int64
@@ -358,33 +381,61 @@ def test_ray_data_two_workers_see_each_sample_once(records: list[Record], shard_
 
         @ray.remote(num_cpus=0)  # consumers hold no CPU, so Ray Data can still run
         class Worker:
-            def epoch(self, it) -> tuple[list[str], list[tuple], set[int]]:
-                ids, shapes, labels = [], [], set()
-                for batch in it.iter_batches(batch_size=4, batch_format="numpy"):
-                    ids += [str(s) for s in batch["sample_id"]]
+            def __init__(self, it) -> None:
+                self.it = it
+
+            def epoch(self) -> tuple[dict[str, np.ndarray], list[tuple], set[int]]:
+                images, shapes, labels = {}, [], set()
+                for batch in self.it.iter_batches(batch_size=4, batch_format="numpy"):
+                    images.update((str(s), x) for s, x in zip(batch["sample_id"], batch["image"]))
                     shapes.append((str(batch["image"].dtype), batch["image"].shape[1:],
                                    str(batch["mask"].dtype), batch["mask"].shape[1:]))
                     labels |= set(np.unique(batch["mask"]).tolist())
-                return ids, shapes, labels
+                return images, shapes, labels
 
-        ds = ray_dataset(shard_dir, "train", SegmentationAugment((16, 16), seed=0), batch_size=4)
-        splits = ds.streaming_split(2, equal=True)
-        workers = [Worker.remote() for _ in splits]
-        results = ray.get([w.epoch.remote(it) for w, it in zip(workers, splits)], timeout=120)
-        ids = [results[0][0], results[1][0]]
-        expected = sorted(r.sample_id for r in records if r.split == "train")
-        assert all(ids) and sorted(ids[0] + ids[1]) == expected  # each sample exactly once
-        assert {s for r in results for s in r[1]} == {("float32", (3, 16, 16), "int64", (16, 16))}
-        assert set().union(*(r[2] for r in results)) <= set(range(NUM_CLASSES)) | {255}
+        train_ids = sorted(r.sample_id for r in records if r.split == "train")
+        half_b = set(train_ids[1::2])  # a search half: rows filtered in the Parquet scan
+        first_epochs = []
+        for cache in (True, False):
+            ds = ray_dataset(shard_dir, "train", SegmentationAugment((16, 16)), sample_ids=half_b,
+                             cache=cache, seed=7, batch_size=2)
+            workers = [Worker.remote(it) for it in ds.streaming_split(2, equal=True)]
+            epochs = []
+            for _ in range(2):
+                results = ray.get([w.epoch.remote() for w in workers], timeout=120)
+                ids = [sorted(r[0]) for r in results]
+                assert all(ids) and sorted(ids[0] + ids[1]) == sorted(half_b), cache  # each sample once
+                assert {s for r in results for s in r[1]} == {("float32", (3, 16, 16), "int64", (16, 16))}
+                assert set().union(*(r[2] for r in results)) <= set(range(NUM_CLASSES)) | {255}
+                epochs.append({**results[0][0], **results[1][0]})
+            # augmentation runs in Ray Data every epoch and draws afresh (scale 0.5-2x, crop, flip)
+            assert sum(np.array_equal(epochs[0][k], epochs[1][k]) for k in half_b) <= 1, cache
+            first_epochs.append(epochs[0])
+        # ... from (seed, epoch, sample_id), whichever process or pipeline decodes the sample
+        train = ShardDataset(shard_dir, "train")
+        for i, sample_id in enumerate(train.sample_ids()):
+            if sample_id in half_b:
+                image, mask = decode_image(train._row(i, ["image"])["image"]), train[i][1].numpy().astype(np.uint8)
+                expected, _ = SegmentationAugment((16, 16))(image, mask, rng=sample_generator(7, 1, sample_id))
+                assert np.array_equal(first_epochs[0][sample_id], expected.numpy())
+                assert np.array_equal(first_epochs[1][sample_id], expected.numpy())
+        # uint8 rows (a quarter of the bytes) finished by the consumer are the same floats
+        aug = SegmentationAugment((16, 16))
+        rows = ray_dataset(shard_dir, "train", aug, sample_ids=half_b, seed=7, uint8=True).take_all()
+        assert sorted(row["sample_id"] for row in rows) == sorted(half_b)
+        for row in rows:
+            assert row["image"].dtype == row["mask"].dtype == np.uint8
+            image = aug.normalize(torch.from_numpy(row["image"]), torch.from_numpy(row["box"]))
+            assert torch.equal(image, torch.from_numpy(first_epochs[0][row["sample_id"]]))
 
         # Without a transform, samples keep their own sizes and decode like ShardDataset.
         rows = {row["sample_id"]: row for row in ray_dataset(shard_dir, "val").take_all()}
         reference = ShardDataset(shard_dir, "val")
-        assert len(rows) == len(reference)
-        for i in range(len(reference)):
+        assert list(rows) and sorted(rows) == sorted(reference.sample_ids())
+        for i, sample_id in enumerate(reference.sample_ids()):
             image, mask = reference[i]
-            assert np.array_equal(rows[reference.sample_id(i)]["image"], image.numpy())
-            assert np.array_equal(rows[reference.sample_id(i)]["mask"], mask.numpy())
+            assert np.array_equal(rows[sample_id]["image"], image.numpy())
+            assert np.array_equal(rows[sample_id]["mask"], mask.numpy())
     finally:
         ray.shutdown()
 
@@ -456,3 +507,20 @@ def test_augment_is_deterministic_and_eval_mode() -> None:
         SegmentationAugment(None)
     with pytest.raises(ValueError, match="mask must be a uint8"):
         full(image, mask.astype(np.int64))
+
+
+def test_augment_place_ships_uint8_and_normalize_finishes_a_batch() -> None:
+    image, mask = _sample(10, 12, labels=(0, 1, 2))
+    aug = SegmentationAugment((16, 20), scale=(1.0, 1.0), mean=(0.5,) * 3, std=(0.25,) * 3)
+    flipped = next(seed for seed in range(50)  # a draw with the flip
+                   if aug.place(image, mask, rng=np.random.default_rng(seed))[2][1] != 0)
+    placed, out_mask, box = aug.place(image, mask, rng=np.random.default_rng(flipped))
+    assert placed.dtype == out_mask.dtype == np.uint8 and placed.shape == (3, 16, 20)
+    assert box.tolist() == [0, 8, 10, 12]  # flipped: the 12 image columns end at the right edge
+    assert np.array_equal(out_mask[:10, 8:], mask[:, ::-1]) and (out_mask[10:] == 255).all()
+    batch = aug.normalize(torch.from_numpy(np.stack([placed, placed])), torch.from_numpy(np.stack([box, box])))
+    expected = (image[:, ::-1].astype(np.float32) / 255 - 0.5) / 0.25
+    assert np.allclose(batch[1, :, :10, 8:].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+    assert (batch[:, :, :, :8] == 0).all() and (batch[:, :, 10:] == 0).all()  # padding: the mean colour
+    single, single_mask = aug(image, mask, rng=np.random.default_rng(flipped))
+    assert torch.equal(single, batch[0]) and torch.equal(single_mask, torch.from_numpy(out_mask).long())

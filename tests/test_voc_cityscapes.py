@@ -237,6 +237,9 @@ def test_voc_truncated_image_and_mask(tmp_path):
     with pytest.raises(DataError, match="truncated or unreadable image") as info:
         load_sample(records[0], None, 21)
     assert info.value.path == image_rec.image_path
+    # the re-read of an already validated sample returns the file's bytes without decoding them
+    data, _ = load_sample(records[0], None, 21, check_image=False)
+    assert data == image_rec.image_path.read_bytes()
     with pytest.raises(DataError, match="truncated or unreadable mask") as info:
         VOCSegmentation(root, "train")[1]
     assert info.value.path == mask_rec.mask_path

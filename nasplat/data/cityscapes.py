@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nasplat.data.records import IGNORE_INDEX, DataError, RecordDataset, SampleRecord, Transform
+from nasplat.data.records import IGNORE_INDEX, DataError, LayoutDataset, SampleRecord
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -166,20 +166,12 @@ def cityscapes_records(root: str | Path, split: str) -> list[SampleRecord]:
     return records
 
 
-class CityscapesSegmentation(RecordDataset):
+class CityscapesSegmentation(LayoutDataset):
     """Cityscapes ``split`` as a Dataset of ``(image [3,H,W] in 0..1, mask int64 [H,W])``.
 
     Masks hold train ids 0..18 with 255 = ignore; ``transform(image, mask)`` is
     applied when given.
     """
 
-    def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
-        super().__init__(
-            cityscapes_records(root, split),
-            CITYSCAPES_CLASSES,
-            CITYSCAPES_PALETTE,
-            LABEL_ID_TO_TRAIN_ID,
-            transform,
-        )
-        self.root = Path(root)
-        self.split = split
+    CLASSES, PALETTE, LABEL_MAP = CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_ID_TO_TRAIN_ID
+    list_records = staticmethod(cityscapes_records)

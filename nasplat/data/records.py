@@ -29,6 +29,7 @@ from nasplat.metrics import IGNORE_INDEX
 __all__ = [
     "IGNORE_INDEX",
     "DataError",
+    "LayoutDataset",
     "RecordDataset",
     "SampleRecord",
     "Transform",
@@ -163,9 +164,15 @@ def _check_sizes(record: SampleRecord, image_hw: tuple[int, int], mask: np.ndarr
 
 
 def load_sample(
-    record: SampleRecord, label_map: np.ndarray | None, num_classes: int
+    record: SampleRecord, label_map: np.ndarray | None, num_classes: int, *, check_image: bool = True
 ) -> tuple[bytes, np.ndarray]:
-    """Image bytes and validated train-id mask of ``record`` (sizes must agree)."""
+    """Image bytes and validated train-id mask of ``record`` (sizes must agree).
+
+    ``check_image=False`` returns the image file's bytes without decoding them (no
+    truncation or size check), for a sample already validated (``prepare_shards(reload=)``).
+    """
+    if not check_image:
+        return _read_bytes(Path(record.image_path), "image"), read_mask(record.mask_path, label_map, num_classes)
     data, hw = read_image_bytes(record.image_path)
     mask = read_mask(record.mask_path, label_map, num_classes)
     _check_sizes(record, hw, mask)
@@ -216,3 +223,24 @@ class RecordDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(samples={len(self)}, num_classes={self.num_classes})"
+
+
+class LayoutDataset(RecordDataset):
+    """One split of a dataset in its official layout under ``root``, as a :class:`RecordDataset`.
+
+    Subclasses only name the layout: ``list_records(root, split)``, ``CLASSES``,
+    ``PALETTE`` and the ``LABEL_MAP`` from stored label ids to train ids (``None``: none).
+    """
+
+    CLASSES: Sequence[str] = ()
+    PALETTE: Sequence[tuple[int, int, int]] = ()
+    LABEL_MAP: np.ndarray | None = None
+
+    @staticmethod
+    def list_records(root: str | Path, split: str) -> list[SampleRecord]:
+        raise NotImplementedError
+
+    def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
+        super().__init__(self.list_records(root, split), self.CLASSES, self.PALETTE, self.LABEL_MAP, transform)
+        self.root = Path(root)
+        self.split = split

@@ -10,6 +10,9 @@ Records are any objects with ``sample_id``, ``split``, ``image_path`` and
 ``mask_path`` attributes (e.g. ``nasplat.data.records.SampleRecord``); a
 :data:`Loader` turns one into ``(encoded image bytes, uint8 [H, W] train-id mask)``
 and raises ``ValueError`` (e.g. ``DataError``) or ``OSError`` for a bad sample.
+``prepare_shards`` loads every sample twice (a validating pass, then a writing pass
+that only checks each sample's digest against the first), so the writing pass may use
+a cheaper loader that skips decoding the image.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,6 +60,7 @@ __all__ = [
     "decode_image",
     "decode_mask",
     "prepare_shards",
+    "sample_generator",
     "ray_dataset",
     "read_manifest",
     "verify_shards",
@@ -141,10 +145,6 @@ class Manifest:
         """Absolute paths of the shard files of ``split``, in order."""
         return [self.root / s.file for s in self.split(split).shards]
 
-    def count(self, split: str) -> int:
-        """Number of samples in ``split``."""
-        return self.split(split).samples
-
     def to_dict(self) -> dict[str, Any]:
         """The JSON document written as ``manifest.json``."""
         return {
@@ -206,15 +206,21 @@ def read_manifest(root: str | Path) -> Manifest:
     return Manifest.from_dict(data, root)
 
 
-def verify_shards(root: str | Path) -> Manifest:
-    """Check every listed shard's size and sha256 and that no unlisted ``*.parquet`` exists."""
+def verify_shards(root: str | Path, splits: Collection[str] | None = None) -> Manifest:
+    """Check the listed shards' sizes and sha256 and that no unlisted ``*.parquet`` exists.
+
+    ``splits`` limits the size and checksum checks to those splits' shards (default: all).
+    """
     root = Path(root)
     manifest = read_manifest(root)
+    for split in splits or ():
+        manifest.split(split)  # ShardError naming the known splits
     problems: list[str] = []
-    listed: set[str] = set()
-    for info in manifest.splits.values():
+    listed = {shard.file for info in manifest.splits.values() for shard in info.shards}
+    for name, info in manifest.splits.items():
+        if splits is not None and name not in splits:
+            continue
         for shard in info.shards:
-            listed.add(shard.file)
             path = root / shard.file
             if not path.is_file():
                 problems.append(f"{path}: listed in the manifest but missing")
@@ -244,6 +250,8 @@ class _Sample:
     record: Any
     payload: int  # image bytes + mask PNG bytes
     digest: str  # sha256 of image bytes + mask PNG bytes
+    height: int
+    width: int
 
 
 @dataclass
@@ -278,6 +286,7 @@ def prepare_shards(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     skip_bad: bool = False,
     progress: Callable[[str], None] | None = print,
+    reload: Loader | None = None,
 ) -> Manifest:
     """Validate every sample, then write the Parquet shards and ``manifest.json`` last.
 
@@ -286,7 +295,10 @@ def prepare_shards(
     (a shard always holds at least one sample).  Bad samples (the loader raised
     ``ValueError``/``OSError``, labels outside ``0..C-1``/255, image and mask sizes
     differ) raise ShardError before anything is written, or with ``skip_bad`` are left
-    out and listed under ``"skipped"``.  Re-running into the same ``out_dir`` resumes:
+    out and listed under ``"skipped"``.  The writing pass loads samples with ``reload``
+    (default ``load``), which need not check what the validation pass checked (e.g. it
+    may return the image file's bytes without decoding them): a sample whose bytes differ
+    from the validated ones (sha256) stops the run.  Re-running into the same ``out_dir`` resumes:
     shards whose content key and checksum (kept in ``_progress.json``) still match are
     reused, the rest rewritten, stale shards and temporary files removed.  One process
     at a time per ``out_dir``.
@@ -309,7 +321,7 @@ def prepare_shards(
             + _listing([f"{s['sample_id']}: {s['path']}: {s['problem']}" for s in skipped])
         )
     plan = _plan(samples, max_shard_bytes)
-    written = _write_shards(plan, load, num_classes, out, say)
+    written = _write_shards(plan, reload or load, out, say)
     manifest = Manifest(
         root=out,
         dataset=dataset,
@@ -362,8 +374,8 @@ def _check_out_dir(out: Path) -> None:
                          "use an empty or shard-only directory")
 
 
-def _load_checked(record: Any, load: Loader, num_classes: int) -> tuple[bytes, bytes, np.ndarray]:
-    """``(image bytes, mask PNG, 256-bin label histogram)``; _BadSample on any problem."""
+def _load_checked(record: Any, load: Loader, num_classes: int) -> tuple[bytes, bytes, np.ndarray, tuple[int, int]]:
+    """``(image bytes, mask PNG, 256-bin label histogram, (height, width))``; _BadSample on any problem."""
     try:
         image, mask = load(record)
     except (ValueError, OSError) as err:
@@ -388,7 +400,7 @@ def _load_checked(record: Any, load: Loader, num_classes: int) -> tuple[bytes, b
     if bad.size:
         raise _BadSample(record.mask_path, f"label values {bad[:_MAX_LISTED].tolist()} outside "
                                            f"0..{num_classes - 1} and not {IGNORE_INDEX}")
-    return image, _encode_mask(mask), histogram
+    return image, _encode_mask(mask), histogram, (height, width)
 
 
 def _validate(
@@ -402,13 +414,13 @@ def _validate(
     for i, record in enumerate(records, 1):
         histograms.setdefault(record.split, np.zeros(256, dtype=np.int64))
         try:
-            image, mask_png, hist = _load_checked(record, load, num_classes)
+            image, mask_png, hist, (height, width) = _load_checked(record, load, num_classes)
         except _BadSample as bad:
             skipped.append({"sample_id": record.sample_id, "path": bad.path, "problem": bad.problem})
         else:
             histograms[record.split] += hist
             samples.append(_Sample(record.sample_id, record.split, record,
-                                   len(image) + len(mask_png), _digest(image, mask_png)))
+                                   len(image) + len(mask_png), _digest(image, mask_png), height, width))
         if i % step == 0 or i == len(records):
             say(f"validated {i}/{len(records)} samples ({len(skipped)} bad)")
     return samples, histograms, skipped
@@ -427,7 +439,7 @@ def _plan(samples: Sequence[_Sample], max_shard_bytes: int) -> dict[str, list[_S
 
 
 def _write_shards(
-    plan: dict[str, list[_Shard]], load: Loader, num_classes: int, out: Path, say: Callable[[str], None]
+    plan: dict[str, list[_Shard]], load: Loader, out: Path, say: Callable[[str], None]
 ) -> dict[str, list[ShardInfo]]:
     """Pass 2: reuse or write each planned shard; remove stale shards and temp files."""
     out.mkdir(parents=True, exist_ok=True)
@@ -444,7 +456,7 @@ def _write_shards(
             if entry is not None and entry.get("key") == key and _matches(path, entry):
                 say(f"reused {shard.file} ({len(shard.samples)} samples)")
             else:
-                entry = {"key": key, **vars(_write_one(shard, load, num_classes, path))}
+                entry = {"key": key, **vars(_write_one(shard, load, path))}
                 progress[shard.file] = entry
                 _write_json_atomic(out / PROGRESS_NAME, {"format": FORMAT, "shards": progress})
                 say(f"wrote {shard.file} ({len(shard.samples)} samples, {entry['bytes'] / 2**20:.1f} MiB)")
@@ -457,20 +469,19 @@ def _write_shards(
     return written
 
 
-def _write_one(shard: _Shard, load: Loader, num_classes: int, path: Path) -> ShardInfo:
-    """Load, check against pass 1 and write one shard via a temporary file."""
+def _write_one(shard: _Shard, load: Loader, path: Path) -> ShardInfo:
+    """Load, check the digest against pass 1 and write one shard via a temporary file."""
     columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
     for s in shard.samples:
         try:
-            image, mask_png, _ = _load_checked(s.record, load, num_classes)
-        except _BadSample as bad:
-            raise ShardError(f"{bad.path}: {bad.problem} (sample {s.sample_id!r} was valid in the "
-                             "validation pass; did the files change? re-run)") from bad
+            image, mask = load(s.record)
+            image, mask_png = bytes(image), _encode_mask(mask)
+        except (ValueError, OSError, TypeError) as err:
+            raise ShardError(f"{s.record.image_path}: {err} (sample {s.sample_id!r} was valid in the "
+                             "validation pass; did the files change? re-run)") from err
         if _digest(image, mask_png) != s.digest:
             raise ShardError(f"{s.record.image_path}: sample {s.sample_id!r} changed since validation; re-run")
-        with Image.open(io.BytesIO(image)) as img:
-            width, height = img.size
-        for name, value in zip(SCHEMA.names, (s.sample_id, s.split, image, mask_png, height, width,
+        for name, value in zip(SCHEMA.names, (s.sample_id, s.split, image, mask_png, s.height, s.width,
                                               str(s.record.image_path), str(s.record.mask_path))):
             columns[name].append(value)
     tmp = path.with_name(path.name + _TMP_SUFFIX)
@@ -577,7 +588,7 @@ class ShardDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.transform = transform
-        self.manifest = verify_shards(self.root) if verify else read_manifest(self.root)
+        self.manifest = verify_shards(self.root, [split]) if verify else read_manifest(self.root)
         info = self.manifest.split(split)
         self.class_names = self.manifest.class_names
         self.num_classes = self.manifest.num_classes
@@ -619,10 +630,6 @@ class ShardDataset(Dataset):
         """Every ``sample_id`` of the split in item order (reads only that column)."""
         return [sid for path in self._files for sid in pq.read_table(path, columns=["sample_id"]).column(0).to_pylist()]
 
-    def sample_id(self, i: int) -> str:
-        """The ``sample_id`` of item ``i``."""
-        return self._row(i, ["sample_id"])["sample_id"]
-
     def __getitem__(self, i: int) -> Any:
         row = self._row(i, ["image", "mask"])
         image, mask = decode_image(row["image"]), decode_mask(row["mask"])
@@ -650,29 +657,65 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def sample_generator(seed: int, epoch: int, sample_id: str) -> np.random.Generator:
+    """The random generator of one sample in one epoch: the same whichever process draws it."""
+    key = int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([seed, epoch, key])
+
+
+def _execution_index(context: Any = None) -> int:
+    """Ray Data's count of executions of a dataset (``context``: its DataContext; default: the
+    running one's), read through the public ``RandomSeedConfig``; it grows by one per epoch."""
+    from ray.data import DataContext, RandomSeedConfig
+
+    seeded = RandomSeedConfig(seed=0, reseed_after_execution=True).get_seed_tuple(
+        data_context=context or DataContext.get_current())
+    return int(seeded.execution_idx or 0)
+
+
 def decode_batch(
-    batch: dict[str, np.ndarray], transform: Transform | None = None, keep: Callable[[str], bool] | None = None
+    batch: dict[str, np.ndarray], transform: Transform | None = None, seed: int | None = None,
+    first_execution: int = 0, uint8: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode a numpy batch of shard rows into ``sample_id``, ``image`` and ``mask`` columns.
 
     ``image`` is float32 ``[B, 3, H, W]`` and ``mask`` int64 ``[B, H, W]`` when every
     sample has the same size (e.g. after a cropping transform); otherwise both are
     1-D object arrays of per-sample arrays (Ray stores them as variable-shaped tensors).
-    Rows whose ``sample_id`` fails ``keep`` are dropped before decoding.
+    With ``uint8`` the transform's geometric half runs here (``transform.place``, e.g.
+    :meth:`SegmentationAugment.place`): ``image`` and ``mask`` are uint8 and a ``box``
+    column (int32 ``[B, 4]``) tells ``transform.normalize`` where the padding is.
+    With ``seed``, ``transform`` must take ``rng=`` (like ``SegmentationAugment``) and gets
+    :func:`sample_generator` of ``(seed, epoch, sample_id)``; inside Ray Data the epoch is
+    1 + the dataset's executions since ``first_execution``.
     """
-    if keep is not None:
-        rows = np.asarray([bool(keep(str(sid))) for sid in batch["sample_id"]], dtype=bool)
-        batch = {key: np.asarray(value)[rows] for key, value in batch.items()}
-    images, masks = [], []
-    for image_bytes, mask_bytes in zip(batch["image"], batch["mask"]):
+    epoch = None if seed is None or transform is None else 1 + _execution_index() - first_execution
+    apply = transform.place if uint8 else transform
+    images, masks, boxes = [], [], []
+    for sample_id, image_bytes, mask_bytes in zip(batch["sample_id"], batch["image"], batch["mask"]):
         image, mask = decode_image(image_bytes), decode_mask(mask_bytes)
         if transform is None:
-            x, y = _to_arrays(image, mask)
+            out = _to_arrays(image, mask)
+        elif epoch is not None:
+            out = apply(image, mask, rng=sample_generator(seed, epoch, str(sample_id)))
         else:
-            x, y = transform(image, mask)
-        images.append(np.asarray(x, dtype=np.float32))
-        masks.append(np.asarray(y, dtype=np.int64))
-    return {"sample_id": np.asarray(batch["sample_id"]), "image": _stack(images), "mask": _stack(masks)}
+            out = apply(image, mask)
+        images.append(np.asarray(out[0], dtype=np.uint8 if uint8 else np.float32))
+        masks.append(np.asarray(out[1], dtype=np.uint8 if uint8 else np.int64))
+        boxes += out[2:]
+    columns = {"sample_id": np.asarray(batch["sample_id"]), "image": _stack(images), "mask": _stack(masks)}
+    if uint8:
+        columns["box"] = np.stack(boxes).astype(np.int32)
+    return columns
+
+
+CACHE_FRACTION = 0.25
+"""``ray_dataset(cache=None)`` keeps a split's encoded rows in the object store when their
+size is at most this fraction of the cluster's object store memory."""
+BLOCK_BYTES = 128 * 2**20
+"""Encoded rows are cut into blocks of at most about this size (and at least one per CPU)."""
+OUTPUT_BLOCK_BYTES = 8 * 2**20
+"""Decoded blocks are cut at about this size, so the first batches stream out while a task runs."""
 
 
 def ray_dataset(
@@ -680,26 +723,67 @@ def ray_dataset(
     split: str,
     transform: Transform | None = None,
     *,
+    sample_ids: Collection[str] | None = None,
+    cache: bool | None = None,
+    seed: int | None = None,
+    uint8: bool = False,
     batch_size: int = 16,
     verify: bool = True,
-    keep: Callable[[str], bool] | None = None,
 ) -> ray.data.Dataset:
     """A Ray Dataset of ``split`` with columns ``sample_id``, ``image``, ``mask``.
 
-    Shards are read with ``ray.data.read_parquet`` and decoded (and transformed) in
-    Ray Data workers by ``map_batches(decode_batch, batch_format="numpy")``; see
-    :func:`decode_batch` for the output shapes.  Without a fixed-size transform,
-    samples of different sizes come out as variable-shaped tensors: iterate with
-    ``batch_size=1`` (or ``iter_rows``) rather than collating them into torch batches.
-    Leave CPUs free for Ray Data when Train workers run on the same cluster.
-    ``keep`` (a picklable predicate on ``sample_id``) selects a subset of the rows.
+    Shards are read with ``ray.data.read_parquet``; ``sample_ids`` keeps only those rows
+    (an ``is_in`` filter that Ray pushes down into the Parquet scan).  The encoded rows are
+    cut into at least one block per CPU (and blocks of about :data:`BLOCK_BYTES`), so that
+    every CPU decodes.  With ``cache`` they are read once and kept in the object store
+    (``materialize``), so an epoch only decodes; ``cache=None`` caches when the
+    split's shard bytes fit in :data:`CACHE_FRACTION` of the object store (otherwise every
+    epoch reads the files again).  Decoding and ``transform`` run in Ray Data tasks every
+    epoch (``map_batches(decode_batch)``; see :func:`decode_batch` for the shapes), so a
+    random transform draws afresh each epoch; with ``seed`` (the transform must accept
+    ``rng=``) every sample's draws follow from ``(seed, epoch, sample_id)``, so they are
+    reproducible whichever process decodes it (epochs count Ray Data executions of this
+    dataset: 1, 2, ...).  With ``uint8`` (the transform needs ``place`` and ``normalize``,
+    like ``SegmentationAugment``) only the geometric half runs in Ray Data and the rows carry
+    uint8 ``image``/``mask`` plus ``box``, a quarter of the bytes: the consumer finishes
+    with ``transform.normalize(image, box)`` and ``mask.long()``, bit-identical to the
+    float transform.  Without a fixed-size transform, samples of
+    different sizes come out as variable-shaped tensors: iterate with ``batch_size=1`` (or
+    ``iter_rows``) rather than collating them into torch batches.  Leave CPUs free for
+    Ray Data when Train workers run on the same cluster.
     """
-    import ray.data  # lazy: Ray is only needed here
+    import ray  # lazy: Ray is only needed here
+    import ray.data
+    from ray.data.expressions import col
 
-    manifest = verify_shards(root) if verify else read_manifest(root)
+    if uint8 and not (hasattr(transform, "place") and hasattr(transform, "normalize")):
+        raise ValueError(f"uint8=True needs a transform with place() and normalize(), got {transform!r}")
+    manifest = verify_shards(root, [split]) if verify else read_manifest(root)
+    info = manifest.split(split)
     files = [str(p) for p in manifest.files(split)]
     if not files:
         raise ShardError(f"{root}: split {split!r} has no shards (all samples skipped?)")
     ds = ray.data.read_parquet(files).select_columns(["sample_id", "image", "mask"])
-    return ds.map_batches(partial(decode_batch, transform=transform, keep=keep), batch_format="numpy",
-                          batch_size=batch_size)
+    rows, nbytes = info.samples, sum(s.bytes for s in info.shards)
+    if sample_ids is not None:
+        ds = ds.filter(expr=col("sample_id").is_in(sorted(sample_ids)))
+        rows, nbytes = len(sample_ids), nbytes * len(sample_ids) // max(info.samples, 1)
+    if not ray.is_initialized():
+        ray.init()  # as Ray Data would on first execution; the cluster's size is needed here
+    resources = ray.cluster_resources()
+    # at least a block per CPU, so that every CPU decodes (one shard file is one block when read);
+    # a streaming repartition, with no all-to-all exchange
+    blocks = max(int(resources.get("CPU", 1)), -(-nbytes // BLOCK_BYTES), 1)
+    ds = ds.repartition(target_num_rows_per_block=max(1, -(-rows // blocks)), strict=True)
+    if cache is None:
+        cache = nbytes <= CACHE_FRACTION * resources.get("object_store_memory", 0)
+    if cache:
+        ds = ds.materialize()
+    decode = partial(decode_batch, transform=transform, seed=seed, first_execution=_execution_index(ds.context),
+                     uint8=uint8)
+    ds = ds.map_batches(decode, batch_format="numpy", batch_size=batch_size)
+    ds.context.target_max_block_size = OUTPUT_BLOCK_BYTES
+    # Decoding is the only operator that needs CPUs here; Ray Data's per-operator reservation
+    # (half of the budget) would otherwise run one decode task at a time on 2 CPUs.
+    ds.context.op_resource_reservation_enabled = False
+    return ds

@@ -9,6 +9,7 @@ Ray Data) sees the shards.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Collection, Sequence
 
@@ -49,8 +50,11 @@ def search_data(
         # the search driver verifies the manifest once (verify_shards) before workers start
         train = ShardDataset(root, train_split, train_tf, verify=False)
         val = ShardDataset(root, "val", val_tf, verify=False)
-        return _halves(train, val, tuple(manifest.class_names), {"dataset": "parquet", "root": str(root),
-                                                                 "train_split": train_split})
+        if len(train) < 2:
+            raise ValueError(f"parquet: the training split has {len(train)} sample(s); a search needs at least 2")
+        halves = ShardHalf(train, "a"), ShardHalf(train, "b")
+        return _search_data(*halves, val, tuple(manifest.class_names),
+                            {"dataset": "parquet", "root": str(root), "train_split": train_split})
     if dataset in ("voc", "cityscapes"):
         if not data_root:
             raise ValueError(f"dataset {dataset!r} needs --data-root (the folder holding the official layout)")
@@ -87,19 +91,46 @@ def split_halves(sample_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[s
     return frozenset(ordered[0::2]), frozenset(ordered[1::2])
 
 
-def _ids(dataset: Dataset) -> list[str]:
-    if isinstance(dataset, ShardDataset):
-        return dataset.sample_ids()
-    return [record.sample_id for record in dataset.records]
+class ShardHalf(Dataset):
+    """Search half ``"a"`` or ``"b"`` of a :class:`ShardDataset` by :func:`split_halves`.
+
+    Its length follows from the rule (A gets the odd one out); the sample-id column is read
+    only when an item is first asked for, so a Ray Data worker that streams the halves and
+    needs only the metadata never reads it.
+    """
+
+    def __init__(self, dataset: ShardDataset, half: str) -> None:
+        if half not in ("a", "b"):
+            raise ValueError(f"half must be 'a' or 'b', got {half!r}")
+        self.dataset, self.half = dataset, half
+
+    @functools.cached_property
+    def indices(self) -> list[int]:
+        """Indices into ``dataset`` of this half's samples, in dataset order."""
+        ids = self.dataset.sample_ids()
+        half_a, _ = split_halves(ids)
+        return [i for i, sid in enumerate(ids) if (sid in half_a) == (self.half == "a")]
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return (n + 1) // 2 if self.half == "a" else n // 2
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
 
 
 def _halves(train: Dataset, val: Dataset, class_names: tuple[str, ...], description: dict) -> SearchData:
-    ids = _ids(train)
+    ids = [record.sample_id for record in train.records]
     if len(ids) < 2:
         raise ValueError(f"{description['dataset']}: the training split has {len(ids)} sample(s); a search needs at least 2")
     half_a, _ = split_halves(ids)
     train_a = Subset(train, [i for i, sid in enumerate(ids) if sid in half_a])
     train_b = Subset(train, [i for i, sid in enumerate(ids) if sid not in half_a])
+    return _search_data(train_a, train_b, val, class_names, description)
+
+
+def _search_data(train_a: Dataset, train_b: Dataset, val: Dataset, class_names: tuple[str, ...],
+                 description: dict) -> SearchData:
     description = {**description, "split_rule": SPLIT_RULE,
                    "counts": {"train_a": len(train_a), "train_b": len(train_b), "val": len(val)}}
     return SearchData(train_a, train_b, val, len(class_names), class_names, description)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nasplat.data.records import DataError, RecordDataset, SampleRecord, Transform
+from nasplat.data.records import DataError, LayoutDataset, SampleRecord
 
 __all__ = [
     "AUG_SPLIT",
@@ -117,14 +117,12 @@ def voc_records(root: str | Path, split: str) -> list[SampleRecord]:
     return records
 
 
-class VOCSegmentation(RecordDataset):
+class VOCSegmentation(LayoutDataset):
     """VOC 2012 ``split`` as a Dataset of ``(image [3,H,W] in 0..1, mask int64 [H,W])``.
 
     Mask values are class indices 0..20 with 255 = void; ``transform(image, mask)``
     is applied when given.
     """
 
-    def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
-        super().__init__(voc_records(root, split), VOC_CLASSES, VOC_PALETTE, None, transform)
-        self.root = Path(root)
-        self.split = split
+    CLASSES, PALETTE = VOC_CLASSES, VOC_PALETTE
+    list_records = staticmethod(voc_records)

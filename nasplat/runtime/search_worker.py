@@ -49,7 +49,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     is_rank0 = context.get_world_rank() == 0
     device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
-    streams = worker_streams(config.batch_size) if uses_ray_data(config) else None
+    streams = worker_streams(config) if uses_ray_data(config) else None
     search = SupernetSearch(config, device=device, streams=streams)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
