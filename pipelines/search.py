@@ -24,6 +24,7 @@ from nasplat.runtime.resources import ResourcePlan, plan_resources
 from nasplat.data.shards import verify_shards
 from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
 from nasplat.search_loop import early_stop_config
+from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_session import HEALTH_CHECK_ENV, start_ray
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.storage import resolve_storage, run_location, write_bytes
@@ -144,43 +145,23 @@ class SearchInterrupted(RuntimeError):
     """The search stopped before its trials finished (Ctrl+C); re-running it resumes."""
 
 
-_TRIALS_ENDED: dict[str, set[str]] = {}
-"""Search name -> ids of trials that completed or failed (not interrupted), filled in the driver."""
+class ProgressCallback(TrialProgress):
+    """One line per epoch of a search trial, and a line when RobustDARTS stops it."""
 
-
-class ProgressCallback(tune.Callback):
-    """Prints one line per reported epoch and records which trials ended.
-
-    Tune pickles callbacks into its experiment state and unpickles them on restore, so the record
-    lives in a module-level dict keyed by search name rather than on the instance.
-    """
-
-    def __init__(self, epochs: int, search_name: str) -> None:
-        self.epochs = epochs
-        self.search_name = search_name
-
-    def ended(self) -> set[str]:
-        return _TRIALS_ENDED.setdefault(self.search_name, set())
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.ended().add(trial.trial_id)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.ended().add(trial.trial_id)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "epoch" not in result:
-            return
-        _log(
-            f"trial {trial.trial_id} epoch {int(result['epoch'])}/{self.epochs} | "
-            f"train_loss {result.get('train_loss', float('nan')):.4f} | val_loss {result.get('val_loss', float('nan')):.4f} | "
-            f"val_mIoU {result.get('val_miou', float('nan')):.4f} | arch_entropy {result.get('arch_entropy', float('nan')):.4f} | "
-            f"{result.get('epoch_time_s', float('nan')):.1f}s | genotype {result.get('genotype_hash', '?')}"
+    def epoch_line(self, result: dict[str, Any]) -> str:
+        nan = float("nan")
+        return (
+            f"train_loss {result.get('train_loss', nan):.4f} | val_loss {result.get('val_loss', nan):.4f} | "
+            f"val_mIoU {result.get('val_miou', nan):.4f} | arch_entropy {result.get('arch_entropy', nan):.4f} | "
+            f"{result.get('epoch_time_s', nan):.1f}s | genotype {result.get('genotype_hash', '?')}"
             + (f" | hessian_eig {result['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in result else "")
         )
-        if "early_stop_chosen_epoch" in result:
-            _log(f"trial {trial.trial_id}: RobustDARTS triggered at epoch {int(result['early_stop_epoch'])}, "
-                 f"architecture of epoch {int(result['early_stop_chosen_epoch'])} chosen (reason in MLflow tag early_stop.reason)")
+
+    def extra_lines(self, trial_id: str, result: dict[str, Any]) -> list[str]:
+        if "early_stop_chosen_epoch" not in result:
+            return []
+        return [f"trial {trial_id}: RobustDARTS triggered at epoch {int(result['early_stop_epoch'])}, architecture "
+                f"of epoch {int(result['early_stop_chosen_epoch'])} chosen (reason in MLflow tag early_stop.reason)"]
 
 
 def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:

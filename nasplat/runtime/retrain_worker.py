@@ -16,10 +16,10 @@ from typing import Any
 
 import ray.train
 import torch
-from ray import tune
 
 from nasplat.model_stats import count_flops, count_parameters
 from nasplat.retrain_config import RetrainConfig
+from nasplat.runtime.progress import TrialProgress
 from nasplat.retrain_loop import BEST_MODEL_FILE, Retrainer
 from nasplat.tracking import RunLogger
 
@@ -78,39 +78,14 @@ def retrain_worker(loop_config: dict[str, Any]) -> None:
             )
 
 
-_TRIALS_ENDED: dict[str, set[str]] = {}
-"""Retrain name -> ids of trials that completed or failed (not interrupted), filled in the driver."""
+class RetrainProgress(TrialProgress):
+    """One line per epoch of a retrain trial."""
 
-
-class RetrainProgress(tune.Callback):
-    """Prints one line per reported epoch and records which trials ended.
-
-    Tune pickles callbacks into its experiment state and unpickles them on restore, so the record
-    lives in a module-level dict keyed by retrain name rather than on the instance.
-    """
-
-    def __init__(self, epochs: int, name: str) -> None:
-        self.epochs = epochs
-        self.name = name
-
-    def ended(self) -> set[str]:
-        return _TRIALS_ENDED.setdefault(self.name, set())
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.ended().add(trial.trial_id)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.ended().add(trial.trial_id)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "epoch" not in result:
-            return
+    def epoch_line(self, result: dict[str, Any]) -> str:
         nan = float("nan")
-        print(
-            f"[nasplat] trial {trial.trial_id} epoch {int(result['epoch'])}/{self.epochs} | "
+        return (
             f"train_loss {result.get('train_loss', nan):.4f} | val_loss {result.get('val_loss', nan):.4f} | "
             f"val_mIoU {result.get('val_miou', nan):.4f} (best {result.get('best_val_miou', nan):.4f}) | "
             f"lr {result.get('lr', nan):.3g} | {result.get('epoch_time_s', nan):.1f}s | "
-            f"{result.get('samples_per_s', nan):.1f} samples/s",
-            flush=True,
+            f"{result.get('samples_per_s', nan):.1f} samples/s"
         )
