@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from nasplat.config import ConfigError
+from nasplat.config import PLACEMENT_STRATEGIES, ConfigError
 
 SOURCE_FIELDS = ("genotype", "from_run", "baseline")
 
@@ -58,6 +58,7 @@ class RetrainConfig:
     search_experiment: str = "nasplat-search"
     name: str | None = None
     address: str | None = None
+    placement_strategy: str = "PACK"
     register_model: str | None = None
     max_failures: int = 1
 
@@ -103,6 +104,10 @@ class RetrainConfig:
             raise ConfigError(
                 f"config field 'train_samples' ({self.train_samples}) must give each of the {self.workers} workers "
                 f"at least one full batch (batch size up to {largest})"
+            )
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError(
+                f"config field 'placement_strategy' must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
             )
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"config field 'max_failures' must be an integer >= 0, got {self.max_failures!r}")

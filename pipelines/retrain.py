@@ -171,24 +171,9 @@ def resolve_source(config: RetrainConfig) -> ModelSource:
 def retrain_trial(trial_config: dict[str, Any]) -> None:
     """Tune trainable: one child MLflow run and one ``TorchTrainer`` fit."""
     from ray import tune
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from nasplat.runtime.retrain_worker import (
-        RUN_ID_KEY,
-        SOURCE_KEY,
-        TRACKING_KEY,
-        retrain_worker,
-    )
-    from nasplat.tracking import RunLogger
-    from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
+    from nasplat.runtime.retrain_worker import RUN_ID_KEY, SOURCE_KEY, TRACKING_KEY, retrain_worker
+    from nasplat.runtime.trial_trainer import fit_trial
 
     trial_config = dict(trial_config)
     plan: dict = trial_config.pop(PLAN_KEY)
@@ -198,29 +183,8 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
     config = RetrainConfig.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
     run_id = _child_run(config, parent_run_id, trial_id, lineage)
-    trainer = TorchTrainer(
-        retrain_worker,
-        train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri,
-                           SOURCE_KEY: source},
-        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.gpus_per_worker > 0,
-                                     resources_per_worker=plan["per_worker"]),
-        run_config=RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=run_location(config.storage, config.name),
-            callbacks=[TuneReportCallback()],
-            logging_config=LoggingConfig(log_level="WARNING"),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=config.max_failures, controller_failure_limit=config.max_failures),
-            worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
-        ),
-    )
-    try:
-        trainer.fit()
-    except Exception:
-        RunLogger(config.tracking_uri, run_id).finish("FAILED")
-        raise
-    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
+    fit_trial(retrain_worker, {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri,
+                                SOURCE_KEY: source}, config, plan["per_worker"], trial_id, run_id)
 
 
 def _child_run(config: RetrainConfig, parent_run_id: str, trial_id: str, lineage: dict) -> str:
@@ -449,6 +413,7 @@ RETRAIN_HELP: dict[str, str] = {
     "search_experiment": "MLflow experiment searched for the latest finished search when no model source is given",
     "name": "run name; re-running with the same name resumes that retrain",
     "address": "Ray cluster address (default: start a local Ray instance)",
+    "placement_strategy": "how a trial's Train workers are placed on the nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD",
     "register_model": "register the best model in the MLflow model registry under this name",
     "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
 }

@@ -25,7 +25,8 @@ from nasplat.data.shards import verify_shards
 from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
 from nasplat.search_loop import early_stop_config
 from nasplat.runtime.progress import TrialProgress
-from nasplat.runtime.ray_session import HEALTH_CHECK_ENV, start_ray
+from nasplat.runtime.ray_session import start_ray
+from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.storage import resolve_storage, run_location, write_bytes
 from nasplat.space import get_space, import_space_source, resolve_space_spec
@@ -75,43 +76,17 @@ def resolve_paths(config: SearchConfig) -> SearchConfig:
 
 def search_trial(trial_config: dict[str, Any]) -> None:
     """Tune trainable: one child MLflow run and one ``TorchTrainer`` fit."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trial_config = dict(trial_config)
     plan: dict = trial_config.pop(PLAN_KEY)
     parent_run_id: str = trial_config.pop(PARENT_KEY)
     config = SearchConfig.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
     run_id = _child_run(config, parent_run_id, trial_id)
-    trainer = TorchTrainer(
-        placed_search_worker,
+    fit_trial(
+        placed_search_worker, {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
+        config, plan["per_worker"], trial_id, run_id,
         datasets=search_datasets(config) if uses_ray_data(config) else None,
-        train_loop_config={**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
-        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=config.workers,
-            use_gpu=config.gpus_per_worker > 0,
-            resources_per_worker=plan["per_worker"],
-            placement_strategy=config.placement_strategy,
-        ),
-        run_config=RunConfig(
-            name=f"train-{trial_id}",
-            storage_path=run_location(config.storage, config.name),
-            callbacks=[TuneReportCallback()],
-            logging_config=LoggingConfig(log_level="WARNING"),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=config.max_failures, controller_failure_limit=config.max_failures),
-            worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
-        ),
     )
-    try:
-        trainer.fit()
-    except Exception:
-        RunLogger(config.tracking_uri, run_id).finish("FAILED")
-        raise
-    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
 
 
 def placed_search_worker(loop_config: dict[str, Any]) -> None:

@@ -182,6 +182,7 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     ({"lr": 0}, "'lr' must be a number > 0"),
     ({"train_samples": 8, "batch_size": 8, "workers": 2}, "'train_samples' \\(8\\)"),
     ({"model_options": "C=4"}, "'model_options' must be a mapping"),
+    ({"placement_strategy": "spread"}, "'placement_strategy' must be one of"),
 ])
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,57 @@
+"""One Tune trial's ``TorchTrainer``: the same scaling, storage, reporting and failure settings for
+search and retrain trials, and the trial's MLflow run closed with the outcome."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
+from nasplat.storage import run_location
+from nasplat.tracking import RunLogger
+
+
+def fit_trial(
+    worker: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    config: Any,
+    per_worker: dict[str, float],
+    trial_id: str,
+    run_id: str,
+    datasets: dict[str, Any] | None = None,
+) -> None:
+    """Run ``worker`` on ``config.workers`` Ray Train workers (gloo on CPU, NCCL with GPUs).
+
+    ``config`` is a SearchConfig or RetrainConfig: its workers, gpus_per_worker, placement_strategy,
+    storage, name, max_failures and tracking_uri fields are read. The child MLflow run ``run_id`` ends
+    FINISHED or FAILED with the fit.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trainer = TorchTrainer(
+        worker,
+        datasets=datasets,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+            placement_strategy=config.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=f"train-{trial_id}",  # the same name on resume, so Ray Train reattaches to its checkpoints
+            storage_path=run_location(config.storage, config.name),
+            callbacks=[TuneReportCallback()],
+            logging_config=LoggingConfig(log_level="WARNING"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=config.max_failures, controller_failure_limit=config.max_failures),
+            worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception:
+        RunLogger(config.tracking_uri, run_id).finish("FAILED")
+        raise
+    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
