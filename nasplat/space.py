@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import random
 import sys
 from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
@@ -79,6 +80,32 @@ class SearchSpace(ABC):
     def build(self, genotype: Genotype, num_classes: int, **options) -> nn.Module:
         """The discrete network to retrain: [N,3,H,W] -> logits [N,num_classes,H,W]."""
 
+    def sample(self, rng: random.Random | int, **options) -> Genotype:
+        """A random genotype of this space, drawn with ``rng`` (a ``random.Random`` or a seed).
+
+        Default: decode i.i.d. standard Gaussian tensors shaped like the arch parameters of
+        ``self.supernet(2, **options)`` (built once per options, then cached), with that
+        supernet's ``decode_options()``. This is uniform over the decoded genotypes when the
+        decode picks, within groups of rows that are exchangeable, the arg-max entry or the top-k
+        rows by a symmetric score (ties have probability zero): true of the DARTS cell rule
+        (:func:`nasplat.decode_cell`: each node's input pair and each edge's op are uniform and
+        independent), not of path decoders such as Auto-DeepLab's Viterbi, whose space overrides
+        this method. A space whose decode is not of that kind should override it too.
+        """
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        shapes, decode_options = self._arch_template(options)
+        generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        arch = {name: torch.randn(shape, generator=generator, dtype=torch.float64) for name, shape in shapes.items()}
+        return self.decode(arch, **decode_options)
+
+    def _arch_template(self, options: Mapping[str, object]) -> tuple[dict[str, torch.Size], dict[str, object]]:
+        key = (type(self), repr(sorted(options.items())))
+        if key not in _ARCH_TEMPLATES:
+            supernet = self.supernet(2, **options)
+            shapes = {name: param.shape for name, param in supernet.arch_parameters().items()}
+            _ARCH_TEMPLATES[key] = (shapes, dict(supernet.decode_options()))
+        return _ARCH_TEMPLATES[key]
+
     def require_arch(self, arch: Mapping[str, torch.Tensor], *names: str) -> None:
         """Raise KeyError naming the space and the missing tensors if ``arch`` lacks any of ``names``."""
         missing = sorted(set(names) - set(arch))
@@ -105,6 +132,8 @@ class UnknownSpaceError(KeyError):
 
 
 _REGISTRY: dict[str, SearchSpace] = {}
+_ARCH_TEMPLATES: dict[tuple[type, str], tuple[dict[str, torch.Size], dict[str, object]]] = {}
+"""(space class, options) -> arch parameter shapes and decode options, for :meth:`SearchSpace.sample`."""
 _ENTRY_POINTS_LOADED = False
 S = TypeVar("S", bound=type[SearchSpace])
 

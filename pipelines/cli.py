@@ -49,16 +49,21 @@ SEARCH_HELP: dict[str, str] = {
     "hessian_batches": "split-B batches per worker used for the Hessian eigenvalue (the same ones every time)",
     "hessian_iterations": "power-iteration steps for the Hessian eigenvalue",
     "hessian_arch_weight_decay": "add the architecture weight decay to the Hessian (H + wd*I), as the authors' code",
-    "storage": "directory for checkpoints and run folders (made absolute)",
+    "picture_interval": "draw cells, arch heatmaps and prediction overlays every N epochs into the MLflow run "
+    "(pictures/epoch_NNN/); 0 = only at the end (pictures/final/)",
+    "storage": "where run folders and checkpoints go: a local directory (made absolute; on a multi-node cluster "
+    "it must be shared, e.g. NFS) or a URI such as s3://bucket/prefix",
     "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
     "experiment": "MLflow experiment name",
     "name": "run name; re-running with the same name resumes that search",
     "address": "Ray cluster address (default: start a local Ray instance)",
+    "placement_strategy": "how a trial's Train workers are placed on the nodes: PACK (few nodes, best effort), "
+    "SPREAD (across nodes, best effort), STRICT_PACK (one node) or STRICT_SPREAD (one worker per node)",
     "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
 }
 
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.sample", "pipelines.export", "pipelines.submit", "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
 """Modules that add a subcommand: each has ``add_parser(subparsers)``, which sets ``handler`` (args -> exit status)
 with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
 
@@ -162,15 +167,16 @@ def _run_data(args: argparse.Namespace) -> None:
 
 def _add_compare_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "compare", help="table of the searches recorded in an MLflow experiment",
-        description="One row per search (MLflow parent run): name, id, status, space, dataset, best mIoU, "
-        "supernet parameters, epochs, CPU- or GPU-hours (child runs' wall time x workers x CPUs or GPUs per "
-        "worker), genotype hash, start time.",
+        "compare", help="table of the searches and retrains recorded in an MLflow experiment",
+        description="One row per search or retrain (MLflow parent run): name, id, status, kind, space or model, "
+        "dataset, best mIoU, parameters and GFLOPs at the training crop (a search's supernet, a retrain's "
+        "network), epochs, CPU- or GPU-hours (child runs' wall time x workers x CPUs or GPUs per worker), "
+        "genotype hash, start time. Retrains are in the experiment nasplat-retrain.",
     )
     parser.add_argument("--experiment", default="nasplat-search", help="MLflow experiment name (default nasplat-search)")
     parser.add_argument("--tracking-uri", help=SEARCH_HELP["tracking_uri"])
     parser.add_argument("--sort", default="best_miou", metavar="COLUMN", help="column to sort by: run_name, run_id, "
-                        "status, space, dataset, best_miou, supernet_params, epochs, hours, genotype, started "
+                        "status, kind, space, dataset, best_miou, params, gflops, epochs, hours, genotype, started "
                         "(default best_miou; descending unless --ascending; missing values last)")
     parser.add_argument("--ascending", action="store_true", help="sort ascending")
     parser.add_argument("--limit", type=int, metavar="N", help="show the first N rows only")

@@ -27,10 +27,12 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_name", "run name"),
     ("run_id", "run id"),
     ("status", "status"),
-    ("space", "space"),
+    ("kind", "kind"),
+    ("space", "space / model"),
     ("dataset", "dataset"),
     ("best_miou", "best mIoU"),
-    ("supernet_params", "supernet params"),
+    ("params", "params"),
+    ("gflops", "GFLOPs"),
     ("epochs", "epochs"),
     ("device_hours", "device-h"),  # the table says CPU-h or GPU-h (see ``device_unit``)
     ("genotype_hash", "genotype"),
@@ -38,10 +40,11 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 )
 """Row keys in display order, with their table headings."""
 
-NUMERIC = {"best_miou", "supernet_params", "epochs", "device_hours"}
+NUMERIC = {"best_miou", "params", "gflops", "epochs", "device_hours"}
 SORT_ALIASES = {
     "name": "run_name", "run": "run_name", "id": "run_id", "miou": "best_miou", "best_val_miou": "best_miou",
-    "params": "supernet_params", "supernet_weight_params": "supernet_params", "epoch": "epochs",
+    "supernet_params": "params", "supernet_weight_params": "params", "flops": "gflops", "epoch": "epochs",
+    "model": "space",
     "hours": "device_hours", "cpu_h": "device_hours", "gpu_h": "device_hours", "device_h": "device_hours",
     "cpu_hours": "device_hours", "gpu_hours": "device_hours", "genotype": "genotype_hash",
     "started": "started_at", "start": "started_at", "start_time": "started_at",
@@ -137,10 +140,15 @@ def _row(client, parent, children: list) -> dict[str, Any]:
         scored = [c for c in children if "val_miou" in c.data.metrics]
         best = max(scored, key=lambda c: c.data.metrics["val_miou"]) if scored else None
 
-    supernet = None
+    retrain = tags.get("nasplat.kind") == "retrain"
+    size, flops = None, None
     for run in ([best] if best is not None else []) + children:
-        supernet = _number(run.data.params.get("supernet_weight_params"))
-        if supernet is not None:
+        if retrain:  # the retrained network's own figures, logged as metrics by its trials
+            size, flops = _number(run.data.metrics.get("params")), _number(run.data.metrics.get("flops"))
+        else:  # the supernet's, logged as params by the search trials
+            size, flops = (_number(run.data.params.get("supernet_weight_params")),
+                           _number(run.data.params.get("supernet_flops")))
+        if size is not None:
             break
 
     epochs = None
@@ -164,10 +172,12 @@ def _row(client, parent, children: list) -> dict[str, Any]:
         "run_name": tags.get("nasplat.run_name") or parent.info.run_name or tags.get("mlflow.runName"),
         "run_id": parent.info.run_id,
         "status": parent.info.status,
-        "space": tags.get("nasplat.space") or params.get("space"),
+        "kind": tags.get("nasplat.kind"),
+        "space": tags.get("nasplat.model") if retrain else tags.get("nasplat.space") or params.get("space"),
         "dataset": params.get("dataset"),
         "best_miou": metrics.get("best_val_miou"),
-        "supernet_params": int(supernet) if supernet is not None else None,
+        "params": int(size) if size is not None else None,
+        "gflops": flops / 1e9 if flops is not None else None,
         "epochs": int(epochs) if epochs is not None else None,
         "device_hours": hours,
         "device_unit": f"{unit}-h",
@@ -205,7 +215,8 @@ def search_rows(
     tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, sort: str = "best_miou",
     ascending: bool = False, limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per search (parent run) in ``experiment``; raises ``CompareError`` for a missing store/experiment."""
+    """One dict per search or retrain (parent run) in ``experiment``; raises ``CompareError`` for a missing
+    store or experiment. A search row's params and GFLOPs are its supernet's; a retrain row's, its network's."""
     if limit is not None and limit < 0:
         raise CompareError(f"--limit must be >= 0, got {limit}")
     sort_key_name(sort)  # a bad column fails before the store is read
@@ -220,8 +231,11 @@ def search_rows(
                 f"no experiment {experiment!r} in {uri}; existing experiments: "
                 + (", ".join(repr(n) for n in names) if names else "none")
             )
-        parents = _all_runs(client, found.experiment_id, "tags.`nasplat.kind` = 'search'")
-        trials = _all_runs(client, found.experiment_id, "tags.`nasplat.kind` = 'search-trial'") if parents else []
+        def of_kind(*kinds: str) -> list:  # MLflow's filter has no IN for tags
+            return [run for kind in kinds for run in _all_runs(client, found.experiment_id, f"tags.`nasplat.kind` = '{kind}'")]
+
+        parents = of_kind("search", "retrain")
+        trials = of_kind("search-trial", "retrain-trial") if parents else []
         children: dict[str, list] = {}
         for trial in trials:
             children.setdefault(trial.data.tags.get(PARENT_TAG, ""), []).append(trial)
@@ -249,8 +263,10 @@ def _cell(key: str, row: dict[str, Any], mixed_units: bool) -> str:
         return str(value)[:8]
     if key == "best_miou":
         return f"{value:.4f}"
-    if key == "supernet_params":
+    if key == "params":
         return f"{value:,}"
+    if key == "gflops":
+        return f"{value:.3g}"
     if key == "device_hours":
         return _hours(value) + (f" {row['device_unit']}" if mixed_units else "")
     if key == "started_at":

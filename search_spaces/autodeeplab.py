@@ -63,6 +63,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from typing import ClassVar, Mapping, Sequence
 
 import torch
@@ -101,7 +102,9 @@ __all__ = [
     "greedy_path",
     "level_sizes",
     "normalized_beta",
+    "path_counts",
     "path_log_prob",
+    "sample_path",
     "viterbi_path",
 ]
 
@@ -275,6 +278,46 @@ def greedy_path(beta: torch.Tensor, beta_norm: str = DEFAULT_BETA_NORM) -> list[
         row = layer_logs[level]
         k = max((k for k in range(3) if row[k] > -math.inf), key=lambda k: (row[k], -k))
         level = level + k - 1
+        path.append(STRIDES[level])
+    return path
+
+
+def _next_levels(level: int) -> range:
+    return range(max(level - 1, 0), min(level + 1, NUM_LEVELS - 1) + 1)
+
+
+def path_counts(layers: int) -> list[list[int]]:
+    """``counts[l][s]``: the number of ways to choose the levels of layers ``l..layers-1`` when
+    the node feeding layer ``l`` is at level ``s`` (the stem, level 0, feeds layer 0).
+
+    ``counts[0][0]`` is the number of network paths of ``layers`` layers; ``counts[layers]`` is
+    all ones. Dynamic programming backwards over (layer, level).
+    """
+    if layers < 1:
+        raise ValueError(f"need layers >= 1, got {layers}")
+    counts = [[1] * NUM_LEVELS]
+    for _ in range(layers):
+        after = counts[0]
+        counts.insert(0, [sum(after[t] for t in _next_levels(s)) for s in range(NUM_LEVELS)])
+    return counts
+
+
+def sample_path(layers: int, rng: random.Random) -> list[int]:
+    """A network path (output strides) drawn uniformly from all valid paths of ``layers`` layers.
+
+    From the stem, each layer's level is chosen with probability proportional to the number of
+    completions through it (:func:`path_counts`), using integer arithmetic, so every path has
+    probability exactly ``1 / path_counts(layers)[0][0]`` under a uniform ``rng``.
+    """
+    counts = path_counts(layers)
+    level, path = 0, []
+    for layer in range(layers):
+        ticket = rng.randrange(counts[layer][level])
+        for target in _next_levels(level):
+            if ticket < counts[layer + 1][target]:
+                break
+            ticket -= counts[layer + 1][target]
+        level = target
         path.append(STRIDES[level])
     return path
 
@@ -706,6 +749,31 @@ class AutoDeepLabSpace(SearchSpace):
             cell_concat=tuple(range(2, 2 + blocks)),
             path=viterbi_path(beta, beta_norm),
             beta_norm=beta_norm,
+        )
+
+    def sample(self, rng: random.Random | int, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
+               beta_norm: str = DEFAULT_BETA_NORM, **options) -> AutoDeepLabGenotype:
+        """A uniformly random genotype: the path uniform over all valid ``L``-layer paths
+        (:func:`sample_path`; Viterbi over random beta is not uniform: it favours some paths), the
+        cell by the DARTS rule on i.i.d. Gaussian alpha (input pair and op uniform per block).
+
+        Takes the supernet's options; only ``L``, ``B`` and ``beta_norm`` (recorded in the
+        genotype) matter, the others (``F``, ``checkpoint_cells``, ``stem_channels``) are accepted
+        and ignored.
+        """
+        unknown = sorted(set(options) - {"F", "checkpoint_cells", "stem_channels"})
+        if unknown:
+            raise TypeError(f"{self.name} sample() got unknown supernet options {unknown}")
+        if B < 1:
+            raise ValueError(f"need B >= 1, got B={B}")
+        rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+        generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        alpha = torch.randn(len(cell_edges(B)), len(self.ops), generator=generator, dtype=torch.float64)
+        return AutoDeepLabGenotype(
+            cell=decode_cell(alpha, self.ops, num_nodes=B),
+            cell_concat=tuple(range(2, 2 + B)),
+            path=sample_path(L, rng),
+            beta_norm=_check_beta_norm(beta_norm),
         )
 
     def build(self, genotype: Genotype, num_classes: int, **options) -> AutoDeepLabNetwork:

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from nasplat.tracking import PARENT_TAG, local_artifact_root
@@ -50,7 +51,8 @@ def _search(client, experiment_id, name, *, params, trials, best=None, start=T0,
         child = client.create_run(experiment_id, run_name=f"{name}-{trial_id}", start_time=t_start, tags={
             PARENT_TAG: parent_id, "nasplat.trial_id": trial_id, "nasplat.kind": "search-trial"})
         child_id = child.info.run_id
-        for key, value in {**params, "seed": str(index), "supernet_weight_params": str(weights)}.items():
+        for key, value in {**params, "seed": str(index), "supernet_weight_params": str(weights),
+                           "supernet_flops": str(weights * 1000)}.items():
             client.log_param(child_id, key, value)
         for epoch, miou in enumerate(mious, start=1):
             client.log_metric(child_id, "val_miou", miou, timestamp=t_start + epoch, step=epoch)
@@ -93,6 +95,21 @@ def store(tmp_path_factory):
     ids["running"] = _search(client, experiment_id, "search-run-dddd", params=_config(cpus_per_worker=2.0, epochs=10),
                              trials=[(T0 + 3 * HOUR, None, [0.1, 0.15, 0.12], 99)], start=T0 + 3 * HOUR, finished=False)
     client.create_run(experiment_id, run_name="not-a-search")  # no nasplat.kind: ignored
+    # a retrain in its own experiment: the network's params and FLOPs are metrics of its trial runs
+    retrain_experiment = client.create_experiment("nasplat-retrain", artifact_location=local_artifact_root(uri))
+    parent = client.create_run(retrain_experiment, run_name="retrain-icnet", start_time=T0, tags={
+        "nasplat.kind": "retrain", "nasplat.run_name": "retrain-icnet", "nasplat.model": "icnet"})
+    for key, value in _config(epochs=2).items():
+        client.log_param(parent.info.run_id, key, value)
+    trial = client.create_run(retrain_experiment, start_time=T0, tags={
+        PARENT_TAG: parent.info.run_id, "nasplat.kind": "retrain-trial", "nasplat.trial_id": "t_00000"})
+    client.log_batch(trial.info.run_id, metrics=[Metric("params", 6_707_321, T0, 0), Metric("flops", 2.5e9, T0, 0),
+                                                 Metric("val_miou", 0.6, T0, 1), Metric("epoch", 1, T0, 1),
+                                                 Metric("val_miou", 0.7, T0, 2), Metric("epoch", 2, T0, 2)])
+    client.set_terminated(trial.info.run_id, "FINISHED", end_time=T0 + HOUR)
+    client.log_metric(parent.info.run_id, "best_val_miou", 0.7, step=2)
+    client.set_tag(parent.info.run_id, "nasplat.best_trial_run", trial.info.run_id)
+    client.set_terminated(parent.info.run_id, "FINISHED", end_time=T0 + HOUR)
     return uri, ids
 
 
@@ -111,7 +128,8 @@ def test_rows_values(store):
     assert cpu["space"] == "darts"
     assert cpu["dataset"] == "synthetic"
     assert cpu["best_miou"] == pytest.approx(0.41)
-    assert cpu["supernet_params"] == 401630
+    assert cpu["params"] == 401630 and cpu["gflops"] == pytest.approx(401630 * 1000 / 1e9)
+    assert cpu["kind"] == "search"
     assert cpu["epochs"] == 3  # max epoch of the best trial, not the 5 of the config
     assert cpu["device_hours"] == pytest.approx((0.5 + 0.25) * 2 * 1)
     assert cpu["device_unit"] == "CPU-h"
@@ -123,21 +141,29 @@ def test_rows_values(store):
     assert gpu["space"] == "my_space.py:Wide"
     assert gpu["dataset"] == "parquet:/data/voc"
     assert gpu["best_miou"] == pytest.approx(0.52)
-    assert gpu["supernet_params"] == 1_234_567
+    assert gpu["params"] == 1_234_567
     assert gpu["epochs"] == 4
     assert gpu["device_hours"] == pytest.approx(1.0 * 4 * 0.5)
     assert gpu["device_unit"] == "GPU-h"
 
     empty = rows["search-new-cccc"]
     assert empty["status"] == "RUNNING"
-    assert empty["best_miou"] is None and empty["supernet_params"] is None and empty["device_hours"] is None
+    assert empty["best_miou"] is None and empty["params"] is None and empty["device_hours"] is None
     assert empty["genotype_hash"] is None
     assert empty["epochs"] == 7  # the epochs param when no trial has reported
 
     running = rows["search-run-dddd"]
     assert running["best_miou"] is None
-    assert running["epochs"] == 3 and running["supernet_params"] == 99
+    assert running["epochs"] == 3 and running["params"] == 99
     assert running["device_hours"] == pytest.approx(3 * 60 / 3600 * 2 * 2.0)
+
+
+def test_retrain_rows_show_the_network_not_a_supernet(store):
+    uri, _ = store
+    (row,) = search_rows(uri, experiment="nasplat-retrain")
+    assert row["kind"] == "retrain" and row["space"] == "icnet" and row["best_miou"] == pytest.approx(0.7)
+    assert row["params"] == 6_707_321 and row["gflops"] == pytest.approx(2.5)
+    assert row["epochs"] == 2 and row["device_hours"] == pytest.approx(1.0 * 2 * 1)
 
 
 def test_sorting_and_limit(store):
@@ -177,11 +203,12 @@ def test_csv_and_json_formats(store):
     uri, _ = store
     rows = search_rows(uri)
     parsed = list(csv.DictReader(io.StringIO(format_rows(rows, "csv"))))
-    assert list(parsed[0]) == ["run_name", "run_id", "status", "space", "dataset", "best_miou", "supernet_params",
-                               "epochs", "device_hours", "genotype_hash", "started_at", "device_unit", "trials"]
+    assert list(parsed[0]) == ["run_name", "run_id", "status", "kind", "space", "dataset", "best_miou", "params",
+                               "gflops", "epochs", "device_hours", "genotype_hash", "started_at", "device_unit",
+                               "trials"]
     assert [p["run_name"] for p in parsed] == [r["run_name"] for r in rows]
     cpu = next(p for p in parsed if p["run_name"] == "search-cpu-aaaa")
-    assert float(cpu["device_hours"]) == pytest.approx(1.5) and cpu["supernet_params"] == "401630"
+    assert float(cpu["device_hours"]) == pytest.approx(1.5) and cpu["params"] == "401630"
     assert next(p for p in parsed if p["run_name"] == "search-new-cccc")["best_miou"] == ""
 
     data = json.loads(format_rows(rows, "json"))

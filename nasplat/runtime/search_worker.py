@@ -17,6 +17,7 @@ import torch
 from nasplat.config import SearchConfig
 from nasplat.distributed import max_abs_difference
 from nasplat.genotype import Genotype, genotype_from_dict
+from nasplat.model_stats import count_flops
 from nasplat.robust import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.search_loop import SupernetSearch
@@ -62,6 +63,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
         logger.log_params({
             "data": search.data.description, "data_reader": "ray_data" if search.streams else "torch_dataloader",
             "supernet_weight_params": sum(p.numel() for p in search.model.weight_parameters()),
+            "supernet_flops": count_flops(search.model, (1, 3, config.image_size, config.image_size)),
         })
 
     previous = None

@@ -1,0 +1,46 @@
+"""``nasplat sample-genotype``: a uniformly random genotype of a search space, as JSON."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``sample-genotype`` subcommand."""
+    parser = subparsers.add_parser(
+        "sample-genotype", help="print or write a uniformly random genotype of a search space",
+        description="Draw a genotype uniformly from a search space (SearchSpace.sample) and print it as JSON, "
+        "or write it to --out. The same seed always gives the same genotype; use it as a random-search baseline "
+        "(`nasplat retrain` takes the file like a searched genotype).",
+    )
+    parser.add_argument("--space", default="darts", help="search space: a registered name (darts, autodeeplab) or "
+                        "FILE.py:NAME / package.module:NAME (default darts)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--space-option", dest="space_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="supernet option that shapes the genotype, repeatable (autodeeplab: L=12, B=5, "
+                        "beta_norm=paper; darts: none change the genotype)")
+    parser.add_argument("--out", help="write the JSON to this file instead of printing it")
+    parser.set_defaults(handler=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """Sample, then print the JSON or write it to ``--out``; returns the exit status."""
+    from nasplat import get_space, save_genotype
+    from nasplat.config import ConfigError
+
+    from pipelines.cli import _parse_key_values
+
+    space = get_space(args.space)
+    options = _parse_key_values("--space-option", args.space_options)
+    try:
+        genotype = space.sample(args.seed, **options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"--space-option {options}: {err}") from err
+    if args.out:
+        path = save_genotype(genotype, Path(args.out).expanduser().resolve())
+        print(f"[nasplat] {space.name} genotype {genotype.short_hash()} (seed {args.seed}) written to {path}",
+              file=sys.stderr)
+    else:
+        print(genotype.to_json())
+    return 0
