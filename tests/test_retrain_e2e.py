@@ -120,3 +120,26 @@ def test_retrain_baseline_on_two_workers_then_evaluate(tmp_path):
     assert report["val_miou"] == pytest.approx(child.data.metrics["val_miou"], abs=1e-6)
     assert report["params"] == child.data.metrics["params"]
     assert sum(map(sum, report["confusion_matrix"])) == 8 * 32 * 32  # every validation pixel once
+
+
+@pytest.mark.slow
+def test_baselines_compares_a_baseline_and_the_searched_genotype(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    search_run, _ = _fake_search(client, uri, DARTS_V2.to_dict())
+    result = _nasplat(["baselines", "--models", "deeplabv3plus_mobilenet_v2,searched", "--from-run", search_run,
+                       *TINY, "--epochs", "1", "--workers", "1", "--lr", "0.01", "--name", "bl",
+                       "--format", "json"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = json.loads(result.stdout[result.stdout.rindex("[\n"):])
+    assert [r["model"] for r in rows] == ["deeplabv3plus_mobilenet_v2", "searched"]
+    assert rows[1]["label"] == f"darts:{DARTS_V2.short_hash()}"
+    assert all(0.0 <= r["val_miou"] <= 1.0 and r["params"] > 0 and r["flops"] > 0 for r in rows)
+    assert rows[0]["params"] > 10 * rows[1]["params"]  # MobileNetV2 DeepLab (~5.8M) vs tiny DARTS cells
+    written = json.loads((tmp_path / "nasplat_runs" / "bl" / "comparison.json").read_text())
+    assert [r["run_id"] for r in written] == [r["run_id"] for r in rows]
+    experiment = client.get_experiment_by_name("nasplat-baselines")
+    parents = client.search_runs([experiment.experiment_id], "tags.`nasplat.kind` = 'retrain'")
+    assert sorted(p.info.run_id for p in parents) == sorted(r["run_id"] for r in rows)
+    searched = next(p for p in parents if p.info.run_id == rows[1]["run_id"])
+    assert searched.data.tags["nasplat.source_search_run"] == search_run

@@ -201,3 +201,19 @@ def test_a_diverging_run_stops_with_a_clear_error():
     trainer = Retrainer(RetrainConfig(**TINY, epochs=1, lr=1e30), DARTS_SOURCE)
     with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1: .*lower --lr"):
         trainer.train_epoch()
+
+
+def test_retrains_on_cityscapes_shards_with_their_19_classes(tmp_path):
+    from nasplat.data.fixtures import make_cityscapes_fixture
+    from pipelines.data import prepare
+
+    prepare("cityscapes", tmp_path / "shards", root=str(make_cityscapes_fixture(tmp_path / "cs")), progress=None)
+    config = RetrainConfig(dataset=f"parquet:{tmp_path / 'shards'}", image_size=16, batch_size=2, workers=1, epochs=1)
+    trainer = Retrainer(config, {"baseline": "deeplabv3plus", "options": {"backbone": "mobilenet_v2"}})
+    assert trainer.spec.num_classes == 19 and trainer.spec.class_names[0] == "road"
+    assert math.isfinite(trainer.train_epoch()["train_loss"])
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["val_miou"] <= 1.0
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    labelled = sum(int((masks != 255).sum()) for _, masks in trainer.val_loader)
+    assert matrix.shape == (19, 19) and int(matrix.sum()) == labelled > 0  # ignore pixels (255) are not counted
