@@ -105,6 +105,29 @@ def test_search_logs_to_a_tracking_server(mlflow_server, tmp_path):
     assert stored, "no PNG reached the server's artifact store"
 
     _browser_lists_genotype(uri, exp.experiment_id, child.info.run_id, tmp_path)
+    _retrain_from_the_search(uri, parent.info.run_id, child.info.run_id, tmp_path)
+
+
+def _retrain_from_the_search(uri: str, search_run: str, trial_run: str, tmp_path: Path) -> None:
+    """The retrain of that search's genotype logs to the server, registers its model and exports to ONNX."""
+    _nasplat(["retrain", "--from-run", search_run, "--image-size", "32", "--train-samples", "16", "--val-samples", "8",
+              "--batch-size", "4", "--epochs", "1", "--workers", "2", "--model-option", "C=4", "--model-option",
+              "layers=3", "--register-model", "remote-darts", "--name", "remote-rt", "--tracking-uri", uri], tmp_path)
+    client = MlflowClient(tracking_uri=uri)
+    _, parents, children = _runs_of_kind(client, "nasplat-retrain", "retrain")
+    assert len(parents) == 1 and len(children) == 1
+    parent = parents[0]
+    assert parent.data.tags["nasplat.source_search_run"] == search_run  # lineage, one click away in the UI
+    assert parent.data.tags["nasplat.source_trial_run"] == trial_run
+    model_run = parent.data.tags["nasplat.model_run"]
+    versions = client.search_model_versions("name = 'remote-darts'")
+    assert [v.run_id for v in versions] == [model_run]
+
+    onnx_file = tmp_path / "model.onnx"
+    result = _nasplat(["export", "--run", parent.info.run_id, "--format", "onnx", "--out", str(onnx_file),
+                       "--tracking-uri", uri, "--size", "32", "32"], tmp_path)
+    assert onnx_file.is_file() and onnx_file.stat().st_size > 0
+    assert "max |onnx - pytorch| =" in result.stdout.lower() and "<= tolerance" in result.stdout  # checked, within it
 
 
 def _browser_lists_genotype(uri: str, experiment_id: str, run_id: str, tmp_path: Path) -> None:
