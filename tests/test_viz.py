@@ -158,7 +158,7 @@ def test_evolution_lines_follow_each_epoch_distribution(tmp_path):
     np.testing.assert_allclose(lines[4].get_ydata(), [h[1]["normal"][0, 4] for h in history])
     assert list(lines[4].get_xdata()) == [1, 2, 3]
     written = heatmaps.render_evolution(history, ops, tmp_path)
-    assert [p.name for p in written] == ["evolution_normal.png"]
+    assert [p.name for p in written] == ["evolution_normal.png", "evolution_normal.svg"]
     _check_png(written[0])
     assert heatmaps.render_evolution(history[:1], ops, tmp_path) == []
 

@@ -23,11 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from nasplat.cells import cell_edges
-from nasplat.viz.cells import DARTS_INPUTS, save_figure
+from nasplat.viz.cells import DARTS_INPUTS, FORMATS, save_figure
 
 STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 HEATMAP_GID = "arch-heatmap"
-FORMATS: tuple[str, ...] = ("png",)
 
 History = Sequence[tuple[int, Mapping[str, Any]]]
 
