@@ -131,7 +131,7 @@ def test_baselines_compares_a_baseline_and_the_searched_genotype(tmp_path):
                        *TINY, "--epochs", "1", "--workers", "1", "--lr", "0.01", "--name", "bl",
                        "--format", "json"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = json.loads(result.stdout[result.stdout.rindex("[\n"):])
+    rows = json.loads(result.stdout[result.stdout.index("\n[\n") + 1:])  # the table comes after the progress lines
     assert [r["model"] for r in rows] == ["deeplabv3plus_mobilenet_v2", "searched"]
     assert rows[1]["label"] == f"darts:{DARTS_V2.short_hash()}"
     assert all(0.0 <= r["val_miou"] <= 1.0 and r["params"] > 0 and r["flops"] > 0 for r in rows)
