@@ -90,7 +90,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def add_parser(subparsers) -> None:
-    from pipelines.retrain import add_config_arguments
+    from pipelines.retrain import RETRAIN_FLAGS
 
     parser = subparsers.add_parser(
         "baselines", help="retrain DUC-HDC, DeepLabV3+ (ResNet-101, MobileNetV2), ICNet and the searched genotype "
@@ -109,15 +109,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for FLOPs and latency (default: the training crop)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    add_config_arguments(parser, skip=OWN_FIELDS)
+    RETRAIN_FLAGS.add_arguments(parser, skip=OWN_FIELDS)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.retrain import config_from_args
+    from pipelines.retrain import RETRAIN_FLAGS
 
     models = _models(args.models)
-    config = config_from_args(args)
+    config = RETRAIN_FLAGS.config_from_args(args)
     # the model fields are set per row; a --config file's model choice does not apply here
     config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
     if config.experiment == RetrainConfig().experiment:

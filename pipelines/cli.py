@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-import yaml
 
-from nasplat.config import ConfigError, SearchConfig, load_config_file
+from nasplat.config import ConfigError, SearchConfig
 from nasplat.data.records import DataError
 from nasplat.data.shards import ShardError
+from pipelines.config_args import FlagSpec
 
 SEARCH_HELP: dict[str, str] = {
     "space": "search space: a registered name (darts), or FILE.py:NAME / package.module:NAME for your own",
@@ -68,23 +67,11 @@ COMMAND_MODULES: tuple[str, ...] = ("pipelines.sample", "pipelines.export", "pip
 with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
 
 
-MAPPING_FLAGS = {"space_options": "--space-option", "early_stop_options": "--early-stop-option"}
-
-
-def _parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e9" as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        options[key] = parsed
-    return options
+SEARCH_FLAGS = FlagSpec(
+    SearchConfig, SEARCH_HELP,
+    mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
+    nullable_types={"cpus_per_worker": float},
+)
 
 
 def _add_search_parser(subparsers) -> None:
@@ -95,36 +82,7 @@ def _add_search_parser(subparsers) -> None:
         "underscores); command-line flags win over the file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file of options")
-    defaults = SearchConfig()
-    for field in dataclasses.fields(SearchConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.name in MAPPING_FLAGS:
-            parser.add_argument(MAPPING_FLAGS[field.name], dest=field.name, action="append", metavar="KEY=VALUE",
-                                default=argparse.SUPPRESS, help=f"{SEARCH_HELP[field.name]} (default: {default})")
-            continue
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=f"{SEARCH_HELP[field.name]} (default: {default})")
-            continue
-        kind = type(default) if default is not None else (float if field.name == "cpus_per_worker" else str)
-        parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{SEARCH_HELP[field.name]} (default: {default})")
-
-
-def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
-    values: dict[str, Any] = {}
-    source = "command line"
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-        source = args.config
-    flags = {k: v for k, v in vars(args).items() if k in SearchConfig.field_names()}
-    for name, flag in MAPPING_FLAGS.items():
-        if name in flags:
-            flags[name] = {**values.get(name, {}), **_parse_key_values(flag, flags[name])}
-    values.update(flags)
-    return SearchConfig.from_dict(values, source=source)
+    SEARCH_FLAGS.add_arguments(parser)
 
 
 def _add_data_parser(subparsers) -> None:
@@ -214,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "search":
             from pipelines.search import print_outcome, run_search
 
-            config = search_config_from_args(args)
+            config = SEARCH_FLAGS.config_from_args(args)
             print_outcome(run_search(config, argv=["nasplat", *argv]))
         elif args.command == "data":
             _run_data(args)

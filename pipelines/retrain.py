@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nasplat.config import ConfigError, load_config_file
+from nasplat.config import ConfigError
 from nasplat.retrain_config import RetrainConfig
 from nasplat.storage import resolve_storage, run_location, write_bytes
+from pipelines.config_args import FlagSpec
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -417,49 +418,13 @@ RETRAIN_HELP: dict[str, str] = {
     "register_model": "register the best model in the MLflow model registry under this name",
     "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
 }
-LIST_FLAGS = {"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
-              "batch_sizes": (int, "+")}
-NULLABLE_TYPES = {"cpus_per_worker": float}
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per RetrainConfig field (``--model-option KEY=VALUE`` for the options mapping)."""
-    defaults = RetrainConfig()
-    parser.add_argument("--config", help="YAML file of options (keys = option names with underscores)")
-    for field in dataclasses.fields(RetrainConfig):
-        if field.name in skip:
-            continue
-        default = getattr(defaults, field.name)
-        help_text = f"{RETRAIN_HELP[field.name]} (default: {default})"
-        flag = "--" + field.name.replace("_", "-")
-        if field.name == "model_options":
-            parser.add_argument("--model-option", dest=field.name, action="append", metavar="KEY=VALUE",
-                                default=argparse.SUPPRESS, help=help_text)
-        elif field.name in LIST_FLAGS:
-            kind, nargs = LIST_FLAGS[field.name]
-            parser.add_argument(flag, dest=field.name, type=kind, nargs=nargs, default=argparse.SUPPRESS, help=help_text)
-        elif isinstance(default, bool):
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            kind = type(default) if default is not None else NULLABLE_TYPES.get(field.name, str)
-            parser.add_argument(flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text)
-
-
-def config_from_args(args: argparse.Namespace) -> RetrainConfig:
-    """File values, overridden by the flags given on the command line."""
-    from pipelines.cli import _parse_key_values
-
-    values: dict[str, Any] = {}
-    source = "command line"
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-        source = args.config
-    flags = {k: v for k, v in vars(args).items() if k in RetrainConfig.field_names()}
-    if "model_options" in flags:
-        flags["model_options"] = {**values.get("model_options", {}), **_parse_key_values("--model-option", flags["model_options"])}
-    values.update(flags)
-    return RetrainConfig.from_dict(values, source=source)
+RETRAIN_FLAGS = FlagSpec(
+    RetrainConfig, RETRAIN_HELP,
+    mapping_flags={"model_options": "--model-option"},
+    list_flags={"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
+                "batch_sizes": (int, "+")},
+    nullable_types={"cpus_per_worker": float},
+)
 
 
 def add_parser(subparsers) -> None:
@@ -471,12 +436,12 @@ def add_parser(subparsers) -> None:
         "win over --config.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_arguments(parser)
+    RETRAIN_FLAGS.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = RETRAIN_FLAGS.config_from_args(args)
     try:
         print_outcome(run_retrain(config, argv=["nasplat", *sys.argv[1:]]))
     except RetrainInterrupted as err:

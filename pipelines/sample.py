@@ -29,10 +29,10 @@ def run_sample(args: argparse.Namespace) -> int:
     from nasplat import get_space, save_genotype
     from nasplat.config import ConfigError
 
-    from pipelines.cli import _parse_key_values
+    from pipelines.config_args import parse_key_values
 
     space = get_space(args.space)
-    options = _parse_key_values("--space-option", args.space_options)
+    options = parse_key_values("--space-option", args.space_options)
     try:
         genotype = space.sample(args.seed, **options)
     except (TypeError, ValueError) as err:

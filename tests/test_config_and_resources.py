@@ -5,11 +5,11 @@ import pytest
 
 from nasplat.config import ConfigError, SearchConfig
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourceError, plan_resources
-from pipelines.cli import MAPPING_FLAGS, build_parser, search_config_from_args
+from pipelines.cli import SEARCH_FLAGS, build_parser
 
 
 def _config(argv: list[str]) -> SearchConfig:
-    return search_config_from_args(build_parser().parse_args(["search", *argv]))
+    return SEARCH_FLAGS.config_from_args(build_parser().parse_args(["search", *argv]))
 
 
 def test_defaults_without_flags():
@@ -62,7 +62,7 @@ def test_bad_space_option_syntax():
 def test_every_config_field_has_a_flag_with_help():
     help_text = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
     for name in SearchConfig.field_names():
-        flag = MAPPING_FLAGS.get(name, "--" + name.replace("_", "-"))
+        flag = SEARCH_FLAGS.mapping_flags.get(name, "--" + name.replace("_", "-"))
         assert flag in help_text, flag
 
 

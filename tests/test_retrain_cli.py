@@ -12,7 +12,7 @@ from nasplat.retrain_loop import Retrainer
 from nasplat.tracking import ensure_experiment
 from pipelines import baselines, evaluate
 from pipelines.cli import build_parser, main
-from pipelines.retrain import config_from_args, resolve_paths, resolve_source
+from pipelines.retrain import RETRAIN_FLAGS, resolve_paths, resolve_source
 from search_spaces.darts import DARTS_V2
 
 
@@ -21,7 +21,7 @@ def test_flags_override_the_config_file_and_parse_options(tmp_path):
     path.write_text("epochs: 3\nlr: 0.02\nmodel_options:\n  C: 6\n  layers: 4\n")
     args = build_parser().parse_args(["retrain", "--config", str(path), "--lr", "0.03", "--model-option", "C=10",
                                       "--eval-scales", "0.5", "1", "--eval-flip", "--lr-range", "0.001", "0.01"])
-    config = config_from_args(args)
+    config = RETRAIN_FLAGS.config_from_args(args)
     assert (config.epochs, config.lr, config.model_options) == (3, 0.03, {"C": 10, "layers": 4})
     assert config.eval_scales == [0.5, 1.0] and config.eval_flip is True and config.lr_range == [0.001, 0.01]
 
