@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
@@ -13,12 +13,46 @@ EARLY_STOP_MODES = ("stop", "ada", "simulate")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
+_Config = TypeVar("_Config", bound="ConfigRecord")
+
+
 class ConfigError(ValueError):
     """A configuration value or file is invalid; the message names the field (and file)."""
 
 
+class ConfigRecord:
+    """Dict, YAML and copy round trips shared by the config dataclasses; ``__post_init__`` validates."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls: type[_Config], data: Mapping[str, Any], source: str = "config") -> _Config:
+        """Build and validate; an unknown or invalid field raises ConfigError naming ``source`` and the field."""
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"{source}: unknown field '{unknown[0]}' (known fields: {', '.join(cls.field_names())})")
+        try:
+            return cls(**dict(data))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: _Config, **changes: Any) -> _Config:
+        return self.from_dict({**self.to_dict(), **changes})
+
+
 @dataclasses.dataclass
-class SearchConfig:
+class SearchConfig(ConfigRecord):
     """Everything a search needs. Field names are the YAML keys; ``--flag-name`` sets ``flag_name``."""
 
     space: str = "darts"
@@ -61,9 +95,6 @@ class SearchConfig:
     placement_strategy: str = "PACK"
     max_failures: int = 1
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         positive = ("image_size", "train_samples", "val_samples", "epochs", "batch_size", "workers", "trials")
         for name in positive:
@@ -102,26 +133,6 @@ class SearchConfig:
             raise ConfigError(
                 f"config field 'placement_strategy' must be one of {PLACEMENT_STRATEGIES}, got {self.placement_strategy!r}"
             )
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "SearchConfig":
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"{source}: unknown field '{unknown[0]}' (known fields: {', '.join(cls.field_names())})")
-        try:
-            return cls(**dict(data))
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "SearchConfig":
-        return self.from_dict({**self.to_dict(), **changes})
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

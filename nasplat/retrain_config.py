@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Any
 
-from nasplat.config import PLACEMENT_STRATEGIES, ConfigError
+from nasplat.config import PLACEMENT_STRATEGIES, ConfigError, ConfigRecord
 
 SOURCE_FIELDS = ("genotype", "from_run", "baseline")
 
@@ -23,7 +22,7 @@ sized so the default retrain finishes in minutes on 2 CPU cores (the paper's net
 
 
 @dataclasses.dataclass
-class RetrainConfig:
+class RetrainConfig(ConfigRecord):
     """Everything a retrain needs. Field names are the YAML keys; ``--flag-name`` sets ``flag_name``."""
 
     genotype: str | None = None
@@ -61,9 +60,6 @@ class RetrainConfig:
     placement_strategy: str = "PACK"
     register_model: str | None = None
     max_failures: int = 1
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
         for name in ("image_size", "train_samples", "val_samples", "epochs", "batch_size", "workers", "trials"):
@@ -111,30 +107,6 @@ class RetrainConfig:
             )
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ConfigError(f"config field 'max_failures' must be an integer >= 0, got {self.max_failures!r}")
-
-    def source(self) -> str | None:
-        """Which of ``genotype``, ``from_run``, ``baseline`` is set (None: take the latest search)."""
-        return next((name for name in SOURCE_FIELDS if getattr(self, name)), None)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> RetrainConfig:
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"{source}: unknown field '{unknown[0]}' (known fields: {', '.join(cls.field_names())})")
-        try:
-            return cls(**dict(data))
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> RetrainConfig:
-        return self.from_dict({**self.to_dict(), **changes})
 
 
 def _number(value: Any) -> bool:

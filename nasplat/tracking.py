@@ -182,3 +182,36 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs([experiment_id], filter_string=query, max_results=1)
     return runs[0].info.run_id if runs else None
+
+
+def open_parent_run(tracking_uri: str, experiment: str, name: str, kind: str, params: Mapping[str, Any],
+                    tags: Mapping[str, str] | None = None, argv: list[str] | None = None) -> str:
+    """The parent run of a search or retrain called ``name``: created with provenance tags, or found again on
+    resume; tagged with the Ray job that runs it now (if any) and given ``params``."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
+    run_id = find_run(client, experiment_id, {"nasplat.run_name": name, "nasplat.kind": kind})
+    if run_id is None:
+        run_tags = {**provenance_tags(kind, argv), **(tags or {}), "nasplat.run_name": name}
+        run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
+    logger = RunLogger(tracking_uri, run_id)
+    job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran it
+    if job_tags:
+        logger.set_tags(job_tags)
+    logger.log_params(params)
+    return run_id
+
+
+def open_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str, run_name: str, kind: str,
+                   params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
+    """The child run of one Tune trial: created under the parent's experiment, or found again on resume."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    identity = {PARENT_TAG: parent_run_id, "nasplat.trial_id": trial_id}
+    run_id = find_run(client, experiment_id, identity)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name,
+                                   tags={**identity, **(tags or {}), "nasplat.kind": kind}).info.run_id
+    RunLogger(tracking_uri, run_id).log_params(params)
+    return run_id
+

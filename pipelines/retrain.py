@@ -175,6 +175,7 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
 
     from nasplat.runtime.retrain_worker import RUN_ID_KEY, SOURCE_KEY, TRACKING_KEY, retrain_worker
     from nasplat.runtime.trial_trainer import fit_trial
+    from nasplat.tracking import open_trial_run
 
     trial_config = dict(trial_config)
     plan: dict = trial_config.pop(PLAN_KEY)
@@ -183,50 +184,19 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
     source: dict = trial_config.pop(SOURCE_KEY)
     config = RetrainConfig.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
-    run_id = _child_run(config, parent_run_id, trial_id, lineage)
+    run_id = open_trial_run(config.tracking_uri, parent_run_id, trial_id, f"{config.name}-{trial_id}", "retrain-trial",
+                            config.to_dict(), tags=lineage)
     fit_trial(retrain_worker, {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri,
                                 SOURCE_KEY: source}, config, plan["per_worker"], trial_id, run_id)
 
 
-def _child_run(config: RetrainConfig, parent_run_id: str, trial_id: str, lineage: dict) -> str:
-    """Create (or, on resume, find again) the MLflow run of this trial; its params hold the sampled values."""
-    from mlflow.tracking import MlflowClient
-
-    from nasplat.tracking import PARENT_TAG, RunLogger, find_run
-
-    client = MlflowClient(tracking_uri=config.tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    tags = {PARENT_TAG: parent_run_id, "nasplat.trial_id": trial_id}
-    run_id = find_run(client, experiment_id, tags)
-    if run_id is None:
-        run = client.create_run(experiment_id, run_name=f"{config.name}-{trial_id}",
-                                tags={**tags, **lineage, "nasplat.kind": "retrain-trial"})
-        run_id = run.info.run_id
-    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
-    return run_id
-
-
 def _open_parent_run(config: RetrainConfig, argv: list[str] | None, source: ModelSource) -> str:
-    from mlflow.tracking import MlflowClient
+    from nasplat.tracking import RunLogger, open_parent_run
 
-    from nasplat.tracking import RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags
-
-    client = MlflowClient(tracking_uri=config.tracking_uri)
-    experiment_id = ensure_experiment(client, config.experiment, config.tracking_uri)
-    run_id = find_run(client, experiment_id, {"nasplat.run_name": config.name, "nasplat.kind": "retrain"})
-    if run_id is None:
-        run = client.create_run(experiment_id, run_name=config.name, tags={
-            **provenance_tags("retrain", argv), **source.lineage,
-            "nasplat.run_name": config.name, "nasplat.model": source.label,
-        })
-        run_id = run.info.run_id
-    logger = RunLogger(config.tracking_uri, run_id)
-    job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran the retrain
-    if job_tags:
-        logger.set_tags(job_tags)
-    logger.log_params(config.to_dict())
+    run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, "retrain", config.to_dict(),
+                             tags={**source.lineage, "nasplat.model": source.label}, argv=argv)
     if "genotype" in source.source:
-        logger.log_json(source.source["genotype"], "genotype.json")
+        RunLogger(config.tracking_uri, run_id).log_json(source.source["genotype"], "genotype.json")
     return run_id
 
 

@@ -30,9 +30,7 @@ from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
 from nasplat.storage import resolve_storage, run_location, write_bytes
 from nasplat.space import get_space, import_space_source, resolve_space_spec
-from nasplat.tracking import (
-    PARENT_TAG, RunLogger, ensure_experiment, find_run, provenance_tags, ray_job_tags, resolve_tracking_uri, ui_command,
-)
+from nasplat.tracking import RunLogger, find_run, open_parent_run, open_trial_run, resolve_tracking_uri, ui_command
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -81,7 +79,8 @@ def search_trial(trial_config: dict[str, Any]) -> None:
     parent_run_id: str = trial_config.pop(PARENT_KEY)
     config = SearchConfig.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
-    run_id = _child_run(config, parent_run_id, trial_id)
+    run_id = open_trial_run(config.tracking_uri, parent_run_id, trial_id, f"{config.name}-{trial_id}", "search-trial",
+                            config.to_dict())
     fit_trial(
         placed_search_worker, {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri},
         config, plan["per_worker"], trial_id, run_id,
@@ -101,19 +100,6 @@ def placed_search_worker(loop_config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     RunLogger(loop_config[TRACKING_KEY], loop_config[RUN_ID_KEY]).set_tags({f"{WORKER_NODE_TAG}.{rank}": node_id})
     search_worker(loop_config)
-
-
-def _child_run(config: SearchConfig, parent_run_id: str, trial_id: str) -> str:
-    """Create (or, on resume, find again) the MLflow run of this trial."""
-    client = MlflowClient(tracking_uri=config.tracking_uri)
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
-    tags = {PARENT_TAG: parent_run_id, "nasplat.trial_id": trial_id}
-    run_id = find_run(client, experiment_id, tags)
-    if run_id is None:
-        run = client.create_run(experiment_id, run_name=f"{config.name}-{trial_id}", tags={**tags, "nasplat.kind": "search-trial"})
-        run_id = run.info.run_id
-    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
-    return run_id
 
 
 class SearchInterrupted(RuntimeError):
@@ -139,23 +125,6 @@ class ProgressCallback(TrialProgress):
                 f"of epoch {int(result['early_stop_chosen_epoch'])} chosen (reason in MLflow tag early_stop.reason)"]
 
 
-def _open_parent_run(config: SearchConfig, argv: list[str] | None) -> str:
-    client = MlflowClient(tracking_uri=config.tracking_uri)
-    experiment_id = ensure_experiment(client, config.experiment, config.tracking_uri)
-    run_id = find_run(client, experiment_id, {"nasplat.run_name": config.name, "nasplat.kind": "search"})
-    if run_id is None:
-        run = client.create_run(
-            experiment_id, run_name=config.name,
-            tags={**provenance_tags("search", argv), "nasplat.run_name": config.name, "nasplat.space": config.space},
-        )
-        run_id = run.info.run_id
-    job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran the search
-    if job_tags:
-        RunLogger(config.tracking_uri, run_id).set_tags(job_tags)
-    RunLogger(config.tracking_uri, run_id).log_params(config.to_dict())
-    return run_id
-
-
 def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOutcome:
     """Run a complete search and return the best trial's genotype."""
     config = resolve_paths(config)
@@ -176,7 +145,8 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> SearchOut
             reserve_cpus=RESERVED_CPUS if uses_ray_data(config) else 0.0,
         )
         _log(f"resources: {plan.describe()}")
-        parent_run_id = _open_parent_run(config, argv)
+        parent_run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, "search", config.to_dict(),
+                                        tags={"nasplat.space": config.space}, argv=argv)
         progress = ProgressCallback(config.epochs, config.name)
         results = _fit(config, plan, parent_run_id, progress)
     finally:

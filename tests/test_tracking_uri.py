@@ -27,3 +27,23 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 def test_folder_is_not_made_when_create_is_false(tmp_path):
     uri = resolve_tracking_uri("absent", base_dir=tmp_path, create=False)
     assert uri == f"sqlite:///{tmp_path.resolve() / 'absent/mlflow.db'}" and not (tmp_path / "absent").exists()
+
+
+def test_parent_and_trial_runs_are_found_again_on_resume(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.tracking import PARENT_TAG, open_parent_run, open_trial_run
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_1"}}')
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = open_parent_run(uri, "exp", "run-a", "search", {"epochs": 3}, tags={"nasplat.space": "darts"})
+    assert open_parent_run(uri, "exp", "run-a", "search", {"epochs": 3}) == parent  # resume: same run
+    assert open_parent_run(uri, "exp", "run-a", "retrain", {"epochs": 3}) != parent  # another kind, another run
+    trial = open_trial_run(uri, parent, "t_0", "run-a-t_0", "search-trial", {"seed": 1})
+    assert open_trial_run(uri, parent, "t_0", "run-a-t_0", "search-trial", {"seed": 1}) == trial
+    client = MlflowClient(tracking_uri=uri)
+    tags = client.get_run(parent).data.tags
+    assert tags["nasplat.kind"] == "search" and tags["nasplat.space"] == "darts"
+    assert tags["nasplat.ray_job_id"] == "raysubmit_1" and tags["nasplat.run_name"] == "run-a"
+    trial_run = client.get_run(trial)
+    assert trial_run.data.tags[PARENT_TAG] == parent and trial_run.data.params["seed"] == "1"
