@@ -277,7 +277,7 @@ class Retrainer:
         self.model.train()
         self.sampler.set_epoch(self.epoch)
         started, samples, steps = time.perf_counter(), 0, 0
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # read once per epoch: no sync per step
         lr = self.optimizer.param_groups[0]["lr"]
         params = [p for p in self.model.parameters() if p.requires_grad]
         for images, masks in self.train_loader:
@@ -288,10 +288,10 @@ class Retrainer:
             average_([p.grad for p in params])
             self.optimizer.step()
             self.scheduler.step()
-            loss_sum += float(loss.detach())
+            loss_sum += loss.detach()
             steps += 1
             samples += images.shape[0]
-        loss_mean = torch.tensor([loss_sum / max(steps, 1)], dtype=torch.float64, device=self.device)
+        loss_mean = (loss_sum / max(steps, 1)).reshape(1)
         average_([loss_mean])  # every rank sees the same value, so all of them stop together
         if not math.isfinite(float(loss_mean)):
             raise TrainingDiverged(
@@ -343,7 +343,7 @@ class Retrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.best = dict(state["best"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"])
 
     def save(self, directory: str | Path) -> Path:
         """Training state (resume) and the best model file into ``directory``."""
@@ -357,4 +357,6 @@ class Retrainer:
 
     def restore(self, directory: str | Path) -> None:
         path = Path(directory) / STATE_FILE
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # on the CPU: load_state_dict moves weights and optimiser state to the parameters' device, and the
+        # torch RNG state must stay a CPU tensor
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

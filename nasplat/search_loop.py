@@ -214,9 +214,6 @@ class SupernetSearch:
                 self._roll_back(decision)
         return eigenvalue, decision
 
-    def smoothed_eigenvalue(self) -> float | None:
-        return self.stopper.smoothed(self.epoch - 1) if self.stopper else None
-
     def _snapshot(self, epoch: int) -> None:
         keep_from = epoch - self.stopper.config.decision_delay - self.stopper.config.extra_rollback
         self.snapshots = {e: s for e, s in self.snapshots.items() if e >= keep_from}
@@ -285,7 +282,7 @@ class SupernetSearch:
         if self.stopper is not None and state["stopper"] is not None:
             self.stopper.load_state_dict(state["stopper"])
         self.snapshots = {int(e): s for e, s in state["snapshots"].items()}
-        self.arch_history = _cpu_copy(list(state.get("arch_history", [])))  # absent in older checkpoints
+        self.arch_history = list(state.get("arch_history", []))  # absent in older checkpoints
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CHECKPOINT_FILE
@@ -296,4 +293,6 @@ class SupernetSearch:
 
     def restore(self, directory: str | Path) -> None:
         path = Path(directory) / CHECKPOINT_FILE
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # on the CPU: load_state_dict moves weights and optimiser state to the parameters' device, and the
+        # torch RNG state must stay a CPU tensor
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

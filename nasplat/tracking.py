@@ -117,6 +117,10 @@ class RunLogger:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
+        """Every file under ``directory``, sub-folders kept, in one call."""
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 

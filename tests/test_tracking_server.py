@@ -104,8 +104,8 @@ def test_search_logs_to_a_tracking_server(mlflow_server, tmp_path):
     stored = list((server_root / "artifacts").rglob("*.png"))
     assert stored, "no PNG reached the server's artifact store"
 
-    _browser_lists_genotype(uri, exp.experiment_id, child.info.run_id, tmp_path)
     _retrain_from_the_search(uri, parent.info.run_id, child.info.run_id, tmp_path)
+    _browser_lists_genotype(uri, exp.experiment_id, child.info.run_id, tmp_path)  # last: it may skip
 
 
 def _retrain_from_the_search(uri: str, search_run: str, trial_run: str, tmp_path: Path) -> None:

@@ -224,17 +224,21 @@ def test_a_failing_picture_is_reported_and_the_rest_is_still_written(tmp_path):
 
 
 def test_log_figures_keeps_subfolders(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.png").write_bytes(PNG_MAGIC)
-    (tmp_path / "sub" / "b.svg").write_text("<svg/>")
-    calls = []
+    from mlflow.tracking import MlflowClient
 
-    class Logger:
-        def log_artifact(self, path, artifact_path=None):
-            calls.append((path.name, artifact_path))
+    from nasplat.tracking import RunLogger, ensure_experiment
 
-    assert pictures.log_figures(Logger(), tmp_path, "pictures/final") == 2
-    assert calls == [("a.png", "pictures/final"), ("b.svg", "pictures/final/sub")]
+    pictures_dir = tmp_path / "pics"
+    (pictures_dir / "sub").mkdir(parents=True)
+    (pictures_dir / "a.png").write_bytes(PNG_MAGIC)
+    (pictures_dir / "sub" / "b.svg").write_text("<svg/>")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(ensure_experiment(client, "viz", uri)).info.run_id
+    assert pictures.log_figures(RunLogger(uri, run_id), pictures_dir, "pictures/final") == 2
+    assert [a.path for a in client.list_artifacts(run_id, "pictures/final")] == ["pictures/final/a.png",
+                                                                                  "pictures/final/sub"]
+    assert [a.path for a in client.list_artifacts(run_id, "pictures/final/sub")] == ["pictures/final/sub/b.svg"]
 
 
 def test_picture_interval_schedule_and_validation():

@@ -74,10 +74,8 @@ def search_worker(loop_config: dict[str, Any]) -> None:
         genotype = search.genotype()
         arch_record = search.record_arch()  # before check_early_stop: DARTS-ADA may roll the arch back
         arch_spread = max(max_abs_difference(p) for p in search.model.arch_parameters().values())
-        smoothed = None
         eigenvalue, decision = search.check_early_stop()  # DARTS-ADA may roll the search back here
-        if search.stopper is not None:
-            smoothed = search.stopper.smoothed(epoch - 1)
+        smoothed = search.stopper.smoothed(epoch - 1) if search.stopper is not None else None
         result = genotype
         if decision is not None and decision.ends_search:
             result = genotype_from_dict(decision.genotype)
@@ -114,9 +112,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: dict, step: int, previous: str | None) -> None:
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    numeric.update({f"val_iou.{name}": value for name, value in per_class.items()})
-    logger.log_metrics(numeric, step=step)
+    logger.log_metrics({**metrics, "val_iou": per_class}, step=step)  # drops the non-numbers (genotype JSON)
     epoch = metrics["epoch"]
     logger.log_json(genotype, f"genotypes/epoch_{epoch:03d}.json")
     if previous is not None and previous != metrics["genotype_hash"]:

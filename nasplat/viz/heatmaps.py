@@ -24,8 +24,8 @@ from matplotlib.ticker import MaxNLocator
 
 from nasplat.cells import cell_edges
 from nasplat.viz.cells import DARTS_INPUTS, FORMATS, save_figure
+from nasplat.viz.paths import STRIDES, reachable_strides
 
-STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 HEATMAP_GID = "arch-heatmap"
 
 History = Sequence[tuple[int, Mapping[str, Any]]]
@@ -38,7 +38,7 @@ def as_array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def is_beta(name: str, value: np.ndarray) -> bool:
+def is_beta(value: np.ndarray) -> bool:
     return value.ndim == 3 and value.shape[1:] == (len(STRIDES), 3)
 
 
@@ -69,7 +69,7 @@ def beta_matrix(beta: Any) -> np.ndarray:
     matrix = np.full((len(beta_moves()), beta.shape[0]), np.nan)
     for row, (level, k, _) in enumerate(beta_moves()):
         for layer in range(beta.shape[0]):
-            if level <= min(layer, len(STRIDES) - 1):
+            if level < len(reachable_strides(layer)):
                 matrix[row, layer] = beta[layer, level, k]
     return matrix
 
@@ -93,12 +93,12 @@ def arch_figure(distributions: Mapping[str, Any], ops: Sequence[str], title: str
                 inputs: Sequence[str] = DARTS_INPUTS) -> Figure:
     """One heatmap panel per architecture tensor (see the module docstring); ``inputs`` names the cell inputs."""
     arrays = {name: as_array(value) for name, value in distributions.items()}
-    heights = [max(2.5, 0.22 * (len(beta_moves()) if is_beta(n, a) else a.reshape(-1, a.shape[-1]).shape[0]) + 1.5)
+    heights = [max(2.5, 0.22 * (len(beta_moves()) if is_beta(a) else a.reshape(-1, a.shape[-1]).shape[0]) + 1.5)
                for n, a in arrays.items()]
     fig = Figure(figsize=(7.5 * len(arrays), max(heights)))
     for index, (name, value) in enumerate(arrays.items()):
         ax = fig.add_subplot(1, len(arrays), index + 1)
-        if is_beta(name, value):
+        if is_beta(value):
             _heatmap(ax, beta_matrix(value), [label for *_, label in beta_moves()],
                      [str(layer + 1) for layer in range(value.shape[0])], f"{name}: move weight per layer")
             ax.set_xlabel("layer")
@@ -120,7 +120,7 @@ def _series(history: History, name: str) -> tuple[list[int], np.ndarray]:
 def evolution_figure(history: History, name: str, ops: Sequence[str], inputs: Sequence[str] = DARTS_INPUTS) -> Figure:
     """Per edge (alpha) or per layer (beta) a small panel: each choice's weight over epochs."""
     epochs, series = _series(history, name)
-    if is_beta(name, series[0]):
+    if is_beta(series[0]):
         matrices = np.stack([beta_matrix(b) for b in series])  # [T, moves, L]
         panels = [(f"layer {layer + 1}", matrices[:, :, layer], [label for *_, label in beta_moves()])
                   for layer in range(series.shape[1])]

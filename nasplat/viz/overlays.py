@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from nasplat.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from nasplat.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from nasplat.data.synthetic import PALETTE as SYNTHETIC_PALETTE
-from nasplat.data.voc import VOC_CLASSES, voc_colormap
+from nasplat.data.voc import voc_colormap
 from nasplat.metrics import IGNORE_INDEX
 
 NEUTRAL: tuple[int, int, int] = (128, 128, 128)
@@ -39,8 +39,6 @@ def dataset_palette(dataset: Any, class_names: Sequence[str]) -> list[tuple[int,
             return [tuple(int(v) for v in colour) for colour in palette]
         dataset = getattr(dataset, "dataset", None)
     names = tuple(class_names)
-    if names == VOC_CLASSES[: len(names)]:
-        return [tuple(c) for c in voc_colormap(len(names)).tolist()]
     if names == CITYSCAPES_CLASSES:
         return [tuple(c) for c in CITYSCAPES_PALETTE]
     if names == SYNTHETIC_CLASSES[: len(names)]:

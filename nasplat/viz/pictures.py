@@ -87,10 +87,5 @@ def render_pictures(directory: str | Path, genotype: Any, distributions: Mapping
 def log_figures(logger: Any, directory: str | Path, artifact_path: str) -> int:
     """Log every file under ``directory`` to the run of ``logger`` (a :class:`nasplat.tracking.RunLogger`)
     under ``artifact_path``, keeping sub-folders; returns the number of files."""
-    directory = Path(directory)
-    count = 0
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        parent = path.parent.relative_to(directory).as_posix()
-        logger.log_artifact(path, artifact_path if parent == "." else f"{artifact_path}/{parent}")
-        count += 1
-    return count
+    logger.log_artifacts(directory, artifact_path)
+    return sum(1 for p in Path(directory).rglob("*") if p.is_file())
