@@ -120,9 +120,11 @@ def test_check_catches_a_wrong_export(tmp_path):
     with pytest.raises(ExportMismatch, match="exceeds the tolerance"):
         export_and_check(_CountingModel(), "torchscript", tmp_path / "counting.pt", (4, 4))
     # a faithful export passes with a tight tolerance
-    result = export_and_check(nn.Conv2d(3, 2, 3, padding=1), "torchscript", tmp_path / "conv.pt", (8, 8), atol=1e-6,
-                              rtol=0.0)
-    assert result["max_abs_diff"] <= 1e-6
+    conv = nn.Conv2d(3, 2, 3, padding=1).eval()
+    export_and_check(conv, "torchscript", tmp_path / "conv.pt", (8, 8), atol=1e-6, rtol=0.0)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(run_exported("torchscript", tmp_path / "conv.pt", x), conv(x), atol=1e-6, rtol=0.0)
 
 
 def test_icnet_exports_to_onnx(tmp_path):
@@ -131,6 +133,10 @@ def test_icnet_exports_to_onnx(tmp_path):
 
     torch.manual_seed(0)
     model = nasplat.get_model("icnet", num_classes=5, aux=False).eval()
-    result = export_and_check(model, "onnx", tmp_path / "icnet.onnx", (96, 192))
-    assert result["max_abs_diff"] <= result["tolerance"]
-    assert run_exported("onnx", tmp_path / "icnet.onnx", torch.randn(1, 3, 96, 192)).shape == (1, 5, 96, 192)
+    export_and_check(model, "onnx", tmp_path / "icnet.onnx", (96, 192))
+    x = torch.randn(1, 3, 96, 192)  # an input the check never saw
+    with torch.inference_mode():
+        expected = model(x)
+    exported = run_exported("onnx", tmp_path / "icnet.onnx", x)
+    assert exported.shape == (1, 5, 96, 192)
+    assert torch.allclose(exported, expected, atol=1e-4, rtol=1e-3 * float(expected.abs().max()))

@@ -116,8 +116,9 @@ def test_viterbi_on_random_beta_is_not_uniform():
         tuple(viterbi_path(torch.randn(layers, 4, 3, generator=generator, dtype=torch.float64)))
         for _ in range(n)
     )
-    with pytest.raises(AssertionError):
-        assert_uniform(counts, paths, n, "viterbi")
+    assert set(counts) <= set(paths)  # valid paths only: the failure below is about frequencies
+    expected, bound = n / len(paths), FIVE_SIGMA * math.sqrt(n / len(paths) * (1 - 1 / len(paths)))
+    assert max(abs(counts[path] - expected) for path in paths) > bound
 
 
 def test_autodeeplab_sample_options():

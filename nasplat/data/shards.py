@@ -596,7 +596,7 @@ class ShardDataset(Dataset):
         self._counts = [s.samples for s in info.shards]
         self._starts = [0, *itertools.accumulate(self._counts)]
         self._open: dict[int, tuple[pq.ParquetFile, list[int]]] = {}
-        self._cached: dict[int, tuple[int, pa.Table]] = {}
+        self._cached: dict[int, tuple[tuple[int, tuple[str, ...]], pa.Table]] = {}
 
     def __len__(self) -> int:
         return self._starts[-1]
@@ -621,8 +621,9 @@ class ShardDataset(Dataset):
             self._open[f] = (handle, [0, *itertools.accumulate(sizes)])
         handle, group_starts = self._open[f]
         g = bisect.bisect_right(group_starts, row) - 1
-        if self._cached.get(f, (-1,))[0] != g:
-            self._cached[f] = (g, handle.read_row_group(g, columns=["sample_id", "image", "mask"]))
+        columns = tuple(columns)
+        if self._cached.get(f, (None,))[0] != (g, columns):  # reads only the columns asked for
+            self._cached[f] = ((g, columns), handle.read_row_group(g, columns=list(columns)))
         table = self._cached[f][1]
         return {c: table.column(c)[row - group_starts[g]].as_py() for c in columns}
 
