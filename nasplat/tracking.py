@@ -48,6 +48,17 @@ def resolve_tracking_uri(uri: str | None, base_dir: str | Path | None = None, cr
     return uri
 
 
+def existing_store_uri(uri: str | None) -> str:
+    """The resolved URI of a store that must already exist (reading commands never create one)."""
+    resolved = resolve_tracking_uri(uri, create=False)
+    if resolved.startswith("sqlite:///") and not Path(resolved[len("sqlite:///"):]).is_file():
+        raise FileNotFoundError(f"no MLflow store at {resolved} (the file does not exist); run `nasplat search` "
+                                "in this folder first, or pass --tracking-uri")
+    if resolved.startswith("file://") and not Path(resolved[len("file://"):]).is_dir():
+        raise FileNotFoundError(f"no MLflow store at {resolved} (the folder does not exist)")
+    return resolved
+
+
 def local_artifact_root(tracking_uri: str) -> str | None:
     """For a local SQLite store, an absolute ``mlartifacts`` folder beside the database."""
     if tracking_uri.startswith("sqlite:///"):

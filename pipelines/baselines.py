@@ -14,9 +14,11 @@ import tempfile
 import time
 from typing import Any
 
-from nasplat.config import ConfigError
+from nasplat.config import ConfigError, load_config_file
 from nasplat.retrain_config import RetrainConfig
 from nasplat.storage import run_location, write_bytes
+
+DEFAULT_EXPERIMENT = "nasplat-baselines"
 
 MODELS: dict[str, dict[str, Any]] = {
     "duc_hdc": {"baseline": "duc_hdc", "model_options": {}},
@@ -120,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     config = RETRAIN_FLAGS.config_from_args(args)
     # the model fields are set per row; a --config file's model choice does not apply here
     config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
-    if config.experiment == RetrainConfig().experiment:
-        config = config.replace(experiment="nasplat-baselines")
+    if "experiment" not in vars(args) and "experiment" not in (load_config_file(args.config) if args.config else {}):
+        config = config.replace(experiment=DEFAULT_EXPERIMENT)  # not retrain's default: the rows belong together
     prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = run_baselines(config, models, args.search_run, prefix,
                          tuple(args.latency_size) if args.latency_size else None, ["nasplat", *sys.argv[1:]])

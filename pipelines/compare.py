@@ -15,10 +15,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
-from nasplat.tracking import PARENT_TAG, local_artifact_root, resolve_tracking_uri
+from nasplat.tracking import PARENT_TAG, existing_store_uri, local_artifact_root
 
 DEFAULT_EXPERIMENT = "nasplat-search"
 FORMATS = ("table", "csv", "json")
@@ -66,18 +65,10 @@ def open_store(tracking_uri: str | None):
     """An ``MlflowClient`` on an existing store (never creates one), and the resolved URI."""
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(tracking_uri, create=False)
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise CompareError(
-                f"no MLflow store at {uri} (the file does not exist); run `nasplat search` in this "
-                "folder first, or pass --tracking-uri"
-            )
-    elif uri.startswith("file://"):
-        folder = Path(uri[len("file://"):])
-        if not folder.is_dir():
-            raise CompareError(f"no MLflow store at {uri} (the folder does not exist)")
+    try:
+        uri = existing_store_uri(tracking_uri)
+    except FileNotFoundError as err:
+        raise CompareError(str(err)) from None
     return MlflowClient(tracking_uri=uri), uri
 
 

@@ -24,10 +24,10 @@ def checkpoint_from_run(tracking_uri: str | None, run_id: str, directory: str | 
     from mlflow.tracking import MlflowClient
 
     from nasplat.runtime.retrain_worker import BEST_ARTIFACT
-    from nasplat.tracking import resolve_tracking_uri
+    from nasplat.tracking import existing_store_uri
     from pipelines.retrain import MODEL_RUN_TAG
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = existing_store_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)
@@ -49,7 +49,6 @@ def evaluate_checkpoint(
     latency_repeats: int = 10, batch_size: int = 8, device: str = "cpu",
 ) -> dict[str, Any]:
     """Everything ``nasplat evaluate`` prints, as a dict. Scales, flip and data default to the file's own."""
-    import torch
     from torch.utils.data import DataLoader
 
     from nasplat.model_stats import count_flops, count_parameters, measure_latency
@@ -69,8 +68,7 @@ def evaluate_checkpoint(
     if num_classes != spec.num_classes:
         raise ConfigError(f"{path}: the model predicts {spec.num_classes} classes but dataset "
                           f"{data['dataset']!r} has {num_classes}")
-    with torch.no_grad():
-        result = evaluate_model(model, DataLoader(val, batch_size=batch_size), class_names, scales, flip, device)
+    result = evaluate_model(model, DataLoader(val, batch_size=batch_size), class_names, scales, flip, device)
     size = tuple(latency_size or (int(data["image_size"]), int(data["image_size"])))
     latency = measure_latency(model.cpu(), (1, 3, *size), warmup=1, repeats=latency_repeats)
     recorded = payload.get("metrics", {}).get("val_miou")

@@ -195,15 +195,13 @@ def run_export(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking import resolve_tracking_uri
+    from nasplat.tracking import existing_store_uri
 
     if args.format == "onnx":
         missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
         if missing:
             raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install 'nasplat[export]'")
-    uri = resolve_tracking_uri(args.tracking_uri, create=False)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise FileNotFoundError(f"no MLflow store at {uri}; pass --tracking-uri")
+    uri = existing_store_uri(args.tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     model_id, model_run = find_model(client, args.run)
     model_uri = f"models:/{model_id}"

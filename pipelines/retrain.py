@@ -20,6 +20,7 @@ from typing import Any
 
 from nasplat.config import ConfigError
 from nasplat.retrain_config import RetrainConfig
+from nasplat.retrain_loop import BEST_MODEL_FILE
 from nasplat.storage import resolve_storage, run_location, write_bytes
 from pipelines.config_args import FlagSpec
 
@@ -286,7 +287,7 @@ def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSou
     best_run_id = find_run(client, experiment_id, {PARENT_TAG: parent_run_id, "nasplat.trial_id": best.metrics["trial_id"]})
     if best_run_id is None:
         raise RuntimeError(f"no MLflow run found for the best trial {best.metrics['trial_id']}")
-    checkpoint = f"{run_dir}/best_model.pt"
+    checkpoint = f"{run_dir}/{BEST_MODEL_FILE}"
     with tempfile.TemporaryDirectory(prefix="nasplat-best-") as tmp:
         downloaded = Path(client.download_artifacts(best_run_id, BEST_ARTIFACT, tmp))
         write_bytes(checkpoint, downloaded.read_bytes())
