@@ -1,9 +1,9 @@
 """Forward latency, throughput, parameters and FLOPs of the baselines and a DARTS network, on this CPU.
 
 For every model and input size: one forward pass under ``FlopCounterMode``
-(:func:`nasplat.model_stats.count_flops`, 1 multiply-add = 2 FLOPs, convolutions and matrix
+(:func:`nasplat.training.model_stats.count_flops`, 1 multiply-add = 2 FLOPs, convolutions and matrix
 products only), which doubles as the warm-up, then ``--warmup`` more untimed passes and
-``--repeats`` timed ones (:func:`nasplat.model_stats.measure_latency`: batch 1, eval mode,
+``--repeats`` timed ones (:func:`nasplat.training.model_stats.measure_latency`: batch 1, eval mode,
 ``torch.inference_mode``, random input, ``torch.set_num_threads`` = all CPUs this process may use).
 Timed passes are interleaved: round r times every model once, so a change of machine load during
 the run slows all models alike instead of whichever ran then. Prints a markdown table per size
@@ -19,7 +19,7 @@ Models (``--models``, comma-separated keys):
 * ``duc_hdc`` (ResNet-101, output stride 8);
 * ``icnet`` (inference build, without the cascade-label-guidance classifiers);
 * ``darts_v2``: the published DARTS_V2 cells built with the retrain defaults for DARTS genotypes
-  (``nasplat.retrain_config.GENOTYPE_DEFAULT_OPTIONS["darts"]``).
+  (``nasplat.retraining.config.GENOTYPE_DEFAULT_OPTIONS["darts"]``).
 
     python bench/latency.py [--sizes 512x1024,1024x2048] [--models ...] [--repeats 3] [--warmup 0]
 """
@@ -39,14 +39,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasplat import get_model, get_space
-from nasplat.model_stats import count_flops, count_parameters, measure_latency
+from nasplat.training.model_stats import count_flops, count_parameters, measure_latency
 
 NUM_CLASSES = 19  # Cityscapes, whose images are 1024x2048
 REFERENCE = "deeplabv3plus_r101_os16"
 
 
 def _darts_v2() -> nn.Module:
-    from nasplat.retrain_config import GENOTYPE_DEFAULT_OPTIONS
+    from nasplat.retraining.config import GENOTYPE_DEFAULT_OPTIONS
     from search_spaces.darts import DARTS_V2
 
     return get_space("darts").build(DARTS_V2, NUM_CLASSES, **GENOTYPE_DEFAULT_OPTIONS["darts"])

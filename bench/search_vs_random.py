@@ -3,7 +3,7 @@
 Retrains, on the synthetic scenes, the genotype found by a search and ``--random N`` genotypes
 drawn with ``SearchSpace.sample(k)`` for k = 0..N-1 from the same space, each over the retrain
 seeds 0..S-1 (``--seeds S``). Every network gets the same budget, seeds, data and model options:
-one process, no Ray, :class:`nasplat.retrain_loop.Retrainer` with a ``RetrainConfig`` that differs
+one process, no Ray, :class:`nasplat.retraining.loop.Retrainer` with a ``RetrainConfig`` that differs
 from ``nasplat retrain``'s defaults only in ``workers=1`` and the budget flags below. The seed fixes
 the synthetic data, the initialisation and the sample order, as ``nasplat retrain --seed`` does.
 
@@ -37,12 +37,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nasplat.config import ConfigError
-from nasplat.genotype import Genotype, GenotypeError, genotype_from_dict
-from nasplat.model_stats import count_parameters
-from nasplat.retrain_config import GENOTYPE_DEFAULT_OPTIONS, RetrainConfig
-from nasplat.retrain_loop import Retrainer
-from nasplat.space import get_space
+from nasplat.training.config import ConfigError
+from nasplat.spaces.genotype import Genotype, GenotypeError
+from nasplat.spaces.registry import genotype_from_dict
+from nasplat.training.model_stats import count_parameters
+from nasplat.retraining.config import GENOTYPE_DEFAULT_OPTIONS, RetrainConfig
+from nasplat.retraining.loop import Retrainer
+from nasplat.spaces.registry import get_space
 
 SEARCH_NAME = "bench-search"
 
@@ -84,11 +85,11 @@ def run_default_search(workdir: Path, epochs: int | None) -> Genotype:
 def searched_genotype(args: argparse.Namespace) -> Genotype:
     """The genotype under test: from a file, from an MLflow search run, or from a fresh default search."""
     if args.genotype:
-        from nasplat.genotype import load_genotype
+        from nasplat.spaces.registry import load_genotype
 
         return load_genotype(Path(args.genotype).expanduser().resolve())
     if args.from_run:
-        from nasplat.tracking import resolve_tracking_uri
+        from nasplat.tracking.logger import resolve_tracking_uri
         from pipelines.retrain import genotype_from_run
 
         genotype, _ = genotype_from_run(resolve_tracking_uri(args.tracking_uri, create=False), args.from_run)

@@ -2,12 +2,13 @@
 
 This module is the public API. Search spaces (built-in or a user's) use only the names below.
 """
-from nasplat.bilevel import BilevelOptimizer
-from nasplat.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
-from nasplat.genotype import Genotype, GenotypeError, genotype_from_dict, load_genotype, save_genotype
-from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.searching.bilevel import BilevelOptimizer
+from nasplat.spaces.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
+from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype
+from nasplat.spaces.registry import genotype_from_dict, load_genotype
+from nasplat.training.metrics import IGNORE_INDEX, ConfusionMatrix
 from nasplat.models import available_models, get_model, register_model
-from nasplat.ops import (
+from nasplat.spaces.ops import (
     DARTS_OPS,
     DilConv,
     FactorizedReduce,
@@ -22,14 +23,8 @@ from nasplat.ops import (
     register_op,
     registered_ops,
 )
-from nasplat.space import (
-    SearchSpace,
-    Supernet,
-    UnknownSpaceError,
-    available_spaces,
-    get_space,
-    register_space,
-)
+from nasplat.spaces.registry import UnknownSpaceError, available_spaces, get_space, register_space
+from nasplat.spaces.space import SearchSpace, Supernet
 
 __version__ = "0.1.0"
 

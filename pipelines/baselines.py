@@ -14,9 +14,9 @@ import tempfile
 import time
 from typing import Any
 
-from nasplat.config import ConfigError, load_config_file
-from nasplat.retrain_config import RetrainConfig
-from nasplat.storage import run_location, write_bytes
+from nasplat.training.config import ConfigError, load_config_file
+from nasplat.retraining.config import RetrainConfig
+from nasplat.training.storage import run_location, write_bytes
 
 DEFAULT_EXPERIMENT = "nasplat-baselines"
 

@@ -7,59 +7,12 @@ import sys
 from typing import Sequence
 
 
-from nasplat.config import ConfigError, SearchConfig
+from nasplat.training.config import ConfigError
+from nasplat.searching.config import SearchConfig
 from nasplat.data.records import DataError
 from nasplat.data.shards import ShardError
 from pipelines.config_args import FlagSpec
 
-SEARCH_HELP: dict[str, str] = {
-    "space": "search space: a registered name (darts), or FILE.py:NAME / package.module:NAME for your own",
-    "dataset": "dataset: synthetic (built in), voc or cityscapes (official layout under --data-root), "
-    "or parquet:DIR (shards from `nasplat data prepare`)",
-    "data_root": "folder holding the official VOC (VOCdevkit) or Cityscapes (leftImg8bit, gtFine) layout",
-    "image_size": "square crop size in pixels of the search images",
-    "train_samples": "synthetic data: number of training samples, split into two disjoint halves A (weights) and B (architecture)",
-    "val_samples": "synthetic data: number of validation samples for mIoU",
-    "epochs": "search epochs",
-    "batch_size": "batch size per worker",
-    "workers": "Ray Train workers (DDP) per trial",
-    "cpus_per_worker": "CPUs reserved per worker (default: up to 1, sized to the cluster)",
-    "gpus_per_worker": "GPUs per worker (0 = CPU only)",
-    "trials": "Tune trials (different seeds; ASHA stops weak ones when > 1)",
-    "order": "1 = first-order DARTS, 2 = second-order (unrolled) architecture gradient",
-    "seed": "random seed (data, initialisation, sampling)",
-    "warmup_epochs": "epochs that train weights only before architecture updates start",
-    "w_lr": "weight SGD learning rate (cosine schedule)",
-    "w_lr_min": "final weight learning rate of the cosine schedule",
-    "w_momentum": "weight SGD momentum",
-    "w_weight_decay": "weight SGD weight decay",
-    "grad_clip": "weight gradient norm clip",
-    "arch_lr": "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short default search uses Auto-DeepLab's 3e-3)",
-    "arch_weight_decay": "architecture Adam weight decay (DARTS: 1e-3)",
-    "arch_beta1": "architecture Adam beta1 (DARTS: 0.5)",
-    "arch_beta2": "architecture Adam beta2",
-    "space_options": "supernet options as KEY=VALUE, repeatable (darts: C=8, layers=5, reductions=2, stem_stride=1, head_channels=64)",
-    "early_stop": "RobustDARTS early stopping on the dominant Hessian eigenvalue: off, paper (every epoch, "
-    "k=5, ratio < 0.75, architecture of epoch i-5) or reference (the authors' released code)",
-    "early_stop_mode": "what a trigger does: stop (DARTS-ES), ada (DARTS-ADA: roll back, raise weight decay) "
-    "or simulate (record only)",
-    "early_stop_options": "overrides of the early-stop preset as KEY=VALUE, repeatable (eval_interval, window, "
-    "centred, lookback, threshold, min_chosen_epoch, ada_factor, ada_max_weight_decay, extra_rollback)",
-    "hessian_batches": "split-B batches per worker used for the Hessian eigenvalue (the same ones every time)",
-    "hessian_iterations": "power-iteration steps for the Hessian eigenvalue",
-    "hessian_arch_weight_decay": "add the architecture weight decay to the Hessian (H + wd*I), as the authors' code",
-    "picture_interval": "draw cells, arch heatmaps and prediction overlays every N epochs into the MLflow run "
-    "(pictures/epoch_NNN/); 0 = only at the end (pictures/final/)",
-    "storage": "where run folders and checkpoints go: a local directory (made absolute; on a multi-node cluster "
-    "it must be shared, e.g. NFS) or a URI such as s3://bucket/prefix",
-    "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
-    "experiment": "MLflow experiment name",
-    "name": "run name; re-running with the same name resumes that search",
-    "address": "Ray cluster address (default: start a local Ray instance)",
-    "placement_strategy": "how a trial's Train workers are placed on the nodes: PACK (few nodes, best effort), "
-    "SPREAD (across nodes, best effort), STRICT_PACK (one node) or STRICT_SPREAD (one worker per node)",
-    "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
-}
 
 
 COMMAND_MODULES: tuple[str, ...] = ("pipelines.sample", "pipelines.export", "pipelines.submit", "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
@@ -68,7 +21,7 @@ with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` cal
 
 
 SEARCH_FLAGS = FlagSpec(
-    SearchConfig, SEARCH_HELP,
+    SearchConfig,
     mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
     nullable_types={"cpus_per_worker": float},
 )
@@ -80,7 +33,6 @@ def _add_search_parser(subparsers) -> None:
         description="Run a supernet search as a Ray Tune experiment of Ray Train trials, tracked in MLflow. "
         "Every option can also be set in a YAML file passed with --config (keys = option names with "
         "underscores); command-line flags win over the file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     SEARCH_FLAGS.add_arguments(parser)
 
@@ -132,7 +84,7 @@ def _add_compare_parser(subparsers) -> None:
         "genotype hash, start time. Retrains are in the experiment nasplat-retrain.",
     )
     parser.add_argument("--experiment", default="nasplat-search", help="MLflow experiment name (default nasplat-search)")
-    parser.add_argument("--tracking-uri", help=SEARCH_HELP["tracking_uri"])
+    parser.add_argument("--tracking-uri", help=SearchConfig.help_texts()["tracking_uri"])
     parser.add_argument("--sort", default="best_miou", metavar="COLUMN", help="column to sort by: run_name, run_id, "
                         "status, kind, space, dataset, best_miou, params, gflops, epochs, hours, genotype, started "
                         "(default best_miou; descending unless --ascending; missing values last)")

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nasplat.tracking import PARENT_TAG, existing_store_uri, local_artifact_root
+from nasplat.tracking.logger import PARENT_TAG, existing_store_uri, local_artifact_root
 
 DEFAULT_EXPERIMENT = "nasplat-search"
 FORMATS = ("table", "csv", "json")

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from nasplat.config import ConfigError, load_config_file
+from nasplat.training.config import ConfigError, load_config_file
 
 
 def parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
@@ -33,10 +33,10 @@ def parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
-    """How a config dataclass becomes flags: help per field and the fields that need special handling."""
+    """How a config dataclass becomes flags: the fields that need special handling (help and choices come
+    from the fields' metadata)."""
 
     config_type: type
-    help: Mapping[str, str]
     mapping_flags: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """field -> repeatable KEY=VALUE flag (``space_options`` -> ``--space-option``)"""
     list_flags: Mapping[str, tuple[type, int | str]] = dataclasses.field(default_factory=dict)
@@ -52,9 +52,11 @@ class FlagSpec:
             if field.name in skip:
                 continue
             default = getattr(defaults, field.name)
-            help_text = f"{self.help[field.name]} (default: {default})"
+            help_text = field.metadata["help"] + ("" if default is None else f" (default: {default})")
             flag = "--" + field.name.replace("_", "-")
             common = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+            if "choices" in field.metadata:
+                common["choices"] = field.metadata["choices"]
             if field.name in self.mapping_flags:
                 parser.add_argument(self.mapping_flags[field.name], action="append", metavar="KEY=VALUE", **common)
             elif field.name in self.list_flags:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasplat.config import ConfigError
+from nasplat.training.config import ConfigError
 
 
 def checkpoint_from_run(tracking_uri: str | None, run_id: str, directory: str | Path) -> Path:
@@ -24,7 +24,7 @@ def checkpoint_from_run(tracking_uri: str | None, run_id: str, directory: str | 
     from mlflow.tracking import MlflowClient
 
     from nasplat.runtime.retrain_worker import BEST_ARTIFACT
-    from nasplat.tracking import existing_store_uri
+    from nasplat.tracking.logger import existing_store_uri
     from pipelines.retrain import MODEL_RUN_TAG
 
     uri = existing_store_uri(tracking_uri)
@@ -51,8 +51,8 @@ def evaluate_checkpoint(
     """Everything ``nasplat evaluate`` prints, as a dict. Scales, flip and data default to the file's own."""
     from torch.utils.data import DataLoader
 
-    from nasplat.model_stats import count_flops, count_parameters, measure_latency
-    from nasplat.retrain_loop import (
+    from nasplat.training.model_stats import count_flops, count_parameters, measure_latency
+    from nasplat.retraining.loop import (
         ModelSpec,
         evaluate_model,
         load_model_checkpoint,

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nasplat.config import ConfigError
+from nasplat.training.config import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -195,7 +195,7 @@ def run_export(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking import existing_store_uri
+    from nasplat.tracking.logger import existing_store_uri
 
     if args.format == "onnx":
         missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]

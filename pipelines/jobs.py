@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from nasplat.config import ConfigError
+from nasplat.training.config import ConfigError
 
 DEFAULT_DASHBOARD_PORT = 8265
 DEFAULT_ADDRESS = f"http://127.0.0.1:{DEFAULT_DASHBOARD_PORT}"

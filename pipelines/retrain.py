@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nasplat.config import ConfigError
-from nasplat.retrain_config import RetrainConfig
-from nasplat.retrain_loop import BEST_MODEL_FILE
-from nasplat.storage import resolve_storage, run_location, write_bytes
+from nasplat.training.config import ConfigError
+from nasplat.retraining.config import RetrainConfig
+from nasplat.retraining.loop import BEST_MODEL_FILE
+from nasplat.training.storage import resolve_storage, run_location, write_bytes
 from pipelines.config_args import FlagSpec
 
 PLAN_KEY = "_nasplat_plan"
@@ -67,7 +67,7 @@ class RetrainInterrupted(RuntimeError):
 
 def resolve_paths(config: RetrainConfig) -> RetrainConfig:
     """Absolute storage, tracking URI, genotype file and data paths (Ray workers run elsewhere); a run name."""
-    from nasplat.tracking import resolve_tracking_uri
+    from nasplat.tracking.logger import resolve_tracking_uri
 
     dataset = config.dataset
     if dataset.startswith("parquet:"):
@@ -84,7 +84,8 @@ def resolve_paths(config: RetrainConfig) -> RetrainConfig:
 
 
 def _genotype_dict_from_file(path: str | Path) -> dict:
-    from nasplat.genotype import GenotypeError, load_genotype
+    from nasplat.spaces.genotype import GenotypeError
+    from nasplat.spaces.registry import load_genotype
 
     try:
         return load_genotype(path).to_dict()
@@ -114,7 +115,7 @@ def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, s
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking import PARENT_TAG
+    from nasplat.tracking.logger import PARENT_TAG
 
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
@@ -142,7 +143,7 @@ def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, s
 
 def resolve_source(config: RetrainConfig) -> ModelSource:
     """Turn the config's model source into what workers build, with lineage tags."""
-    from nasplat.genotype import genotype_from_dict
+    from nasplat.spaces.registry import genotype_from_dict
     from nasplat.models import available_models
 
     options = dict(config.model_options)
@@ -176,7 +177,7 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
 
     from nasplat.runtime.retrain_worker import RUN_ID_KEY, SOURCE_KEY, TRACKING_KEY, retrain_worker
     from nasplat.runtime.trial_trainer import fit_trial
-    from nasplat.tracking import open_trial_run
+    from nasplat.tracking.logger import open_trial_run
 
     trial_config = dict(trial_config)
     plan: dict = trial_config.pop(PLAN_KEY)
@@ -192,7 +193,7 @@ def retrain_trial(trial_config: dict[str, Any]) -> None:
 
 
 def _open_parent_run(config: RetrainConfig, argv: list[str] | None, source: ModelSource) -> str:
-    from nasplat.tracking import RunLogger, open_parent_run
+    from nasplat.tracking.logger import RunLogger, open_parent_run
 
     run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, "retrain", config.to_dict(),
                              tags={**source.lineage, "nasplat.model": source.label}, argv=argv)
@@ -275,7 +276,7 @@ def _finish(config: RetrainConfig, results, parent_run_id: str, source: ModelSou
     from mlflow.tracking import MlflowClient
 
     from nasplat.runtime.retrain_worker import BEST_ARTIFACT
-    from nasplat.tracking import PARENT_TAG, RunLogger, find_run
+    from nasplat.tracking.logger import PARENT_TAG, RunLogger, find_run
 
     errors = [r.error for r in results if r.error is not None]
     finished = [r for r in results if r.metrics and "best_val_miou" in r.metrics]
@@ -312,8 +313,8 @@ def log_best_model(config: RetrainConfig, checkpoint: Path, run_id: str, source:
     import torch
     from mlflow.models import infer_signature
 
-    from nasplat.retrain_loop import load_model_checkpoint
-    from nasplat.tracking import RunLogger
+    from nasplat.retraining.loop import load_model_checkpoint
+    from nasplat.tracking.logger import RunLogger
 
     model, _ = load_model_checkpoint(checkpoint)  # batch 2 below: keeps the exported batch dimension dynamic
     example = torch.randn(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))
@@ -339,7 +340,7 @@ def log_best_model(config: RetrainConfig, checkpoint: Path, run_id: str, source:
 
 
 def print_outcome(outcome: RetrainOutcome) -> None:
-    from nasplat.tracking import ui_command
+    from nasplat.tracking.logger import ui_command
 
     _log("retrain finished")
     _log(f"model {outcome.model_label}: best val mIoU {outcome.val_miou:.4f} at epoch {outcome.best_epoch}")
@@ -351,46 +352,8 @@ def print_outcome(outcome: RetrainOutcome) -> None:
     _log(f"open the MLflow UI: {ui_command(outcome.tracking_uri)}")
 
 
-RETRAIN_HELP: dict[str, str] = {
-    "genotype": "genotype JSON file to retrain (e.g. nasplat_runs/<search>/genotype.json)",
-    "from_run": "MLflow run id of a search (parent run: its best genotype) or of a search trial",
-    "baseline": "registered baseline model to train instead: duc_hdc, deeplabv3plus, icnet, ...",
-    "model_options": "network options as KEY=VALUE, repeatable (darts genotype: C, layers, reductions, "
-    "head_channels, drop_path; deeplabv3plus: backbone=resnet101|mobilenet_v2, output_stride=16|8)",
-    "dataset": "dataset: synthetic, voc, cityscapes (official layout under --data-root) or parquet:DIR",
-    "data_root": "folder holding the official VOC or Cityscapes layout",
-    "image_size": "square crop size in pixels for training and validation",
-    "train_samples": "synthetic data: training samples (the whole training split is used)",
-    "val_samples": "synthetic data: validation samples",
-    "epochs": "training epochs",
-    "batch_size": "batch size per worker (sampled from --batch-sizes when --trials > 1)",
-    "workers": "Ray Train workers (DDP) per trial",
-    "cpus_per_worker": "CPUs reserved per worker (default: up to 1, sized to the cluster)",
-    "gpus_per_worker": "GPUs per worker (0 = CPU only)",
-    "lr": "SGD learning rate at the start of the poly schedule (sampled when --trials > 1)",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay (sampled when --trials > 1)",
-    "poly_power": "power of the poly schedule lr * (1 - t/T)^power, t counted in iterations",
-    "aux_weight": "weight of auxiliary outputs' losses for models that return them and have no loss method",
-    "eval_scales": "validation scales; the softmax is averaged over them",
-    "eval_flip": "also average the softmax over horizontally flipped images",
-    "trials": "Tune trials; > 1: Optuna samples lr, weight decay and batch size, ASHA stops weak trials",
-    "lr_range": "LOW HIGH of the log-uniform learning-rate range sampled when --trials > 1",
-    "weight_decay_range": "LOW HIGH of the log-uniform weight-decay range sampled when --trials > 1",
-    "batch_sizes": "batch sizes sampled when --trials > 1",
-    "seed": "random seed (data, initialisation, Optuna sampler)",
-    "storage": "directory for checkpoints and run folders (made absolute)",
-    "tracking_uri": "MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db); http://host:port for a server",
-    "experiment": "MLflow experiment of the retrain runs",
-    "search_experiment": "MLflow experiment searched for the latest finished search when no model source is given",
-    "name": "run name; re-running with the same name resumes that retrain",
-    "address": "Ray cluster address (default: start a local Ray instance)",
-    "placement_strategy": "how a trial's Train workers are placed on the nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD",
-    "register_model": "register the best model in the MLflow model registry under this name",
-    "max_failures": "worker-group restarts (from the last checkpoint) before a trial fails",
-}
 RETRAIN_FLAGS = FlagSpec(
-    RetrainConfig, RETRAIN_HELP,
+    RetrainConfig,
     mapping_flags={"model_options": "--model-option"},
     list_flags={"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
                 "batch_sizes": (int, "+")},
@@ -405,7 +368,6 @@ def add_parser(subparsers) -> None:
         "(--baseline); with no source, the latest finished search. Trials run as a Ray Tune experiment; with "
         "--trials > 1 Optuna samples lr, weight decay and batch size and ASHA stops weak trials. Command-line flags "
         "win over --config.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     RETRAIN_FLAGS.add_arguments(parser)
     parser.set_defaults(handler=run)

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
 def run_sample(args: argparse.Namespace) -> int:
     """Sample, then print the JSON or write it to ``--out``; returns the exit status."""
     from nasplat import get_space, save_genotype
-    from nasplat.config import ConfigError
+    from nasplat.training.config import ConfigError
 
     from pipelines.config_args import parse_key_values
 

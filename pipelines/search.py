@@ -18,19 +18,19 @@ from ray import tune
 from mlflow.tracking import MlflowClient
 
 import nasplat
-from nasplat.config import SearchConfig
-from nasplat.genotype import genotype_from_dict
+from nasplat.searching.config import SearchConfig
+from nasplat.spaces.registry import genotype_from_dict
 from nasplat.runtime.resources import ResourcePlan, plan_resources
 from nasplat.data.shards import verify_shards
 from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
-from nasplat.search_loop import early_stop_config
+from nasplat.searching.loop import early_stop_config
 from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_session import start_ray
 from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.runtime.search_worker import RUN_ID_KEY, TRACKING_KEY, search_worker
-from nasplat.storage import resolve_storage, run_location, write_bytes
-from nasplat.space import get_space, import_space_source, resolve_space_spec
-from nasplat.tracking import RunLogger, find_run, open_parent_run, open_trial_run, resolve_tracking_uri, ui_command
+from nasplat.training.storage import resolve_storage, run_location, write_bytes
+from nasplat.spaces.registry import get_space, import_space_source, resolve_space_spec
+from nasplat.tracking.logger import RunLogger, find_run, open_parent_run, open_trial_run, resolve_tracking_uri, ui_command
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"

@@ -5,7 +5,7 @@ working directory, zipped and uploaded by Ray, minus virtual environments, track
 folders and .git) and/or pip packages, plus the MLflow tracking URI, which is passed to the command
 as ``--tracking-uri`` so the job records into the store the user reads. The search (and retrain)
 parent run gets the job's submission id as the tag ``nasplat.ray_job_id`` (see
-``nasplat.tracking.ray_job_tags``).
+``nasplat.tracking.logger.ray_job_tags``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from nasplat.config import ConfigError
+from nasplat.training.config import ConfigError
 from pipelines.jobs import EXIT_STATUS, add_connection_args, call, connect, default_address, follow_logs, is_loopback, wait_for_end
 
 WORKING_DIR_EXCLUDES: tuple[str, ...] = (
@@ -61,7 +61,7 @@ def _given(command: Sequence[str], flag: str) -> str | None:
     value = _option_value(command, flag)
     config_file = _option_value(command, "--config")
     if value is None and config_file and Path(config_file).is_file():
-        from nasplat.config import load_config_file
+        from nasplat.training.config import load_config_file
 
         value = load_config_file(config_file).get(flag[2:].replace("-", "_"))
     return None if value is None else str(value)
@@ -90,7 +90,7 @@ def job_command(command: Sequence[str], tracking_uri: str | None, address: str) 
     local store (``sqlite:`` / ``file:``) or storage folder only works when the cluster runs on
     this machine: otherwise it is warned about.
     """
-    from nasplat.tracking import resolve_tracking_uri
+    from nasplat.tracking.logger import resolve_tracking_uri
 
     command = list(command)
     if command and command[0] == "--":

@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from nasplat.tracking import PARENT_TAG, local_artifact_root
+from nasplat.tracking.logger import PARENT_TAG, local_artifact_root
 from pipelines.cli import main
 from pipelines.compare import CompareError, format_rows, search_rows, ui_argv
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from nasplat.config import ConfigError, SearchConfig
+from nasplat.training.config import ConfigError
+from nasplat.searching.config import SearchConfig
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourceError, plan_resources
 from pipelines.cli import SEARCH_FLAGS, build_parser
 

@@ -14,7 +14,7 @@ from torch import nn
 
 import nasplat
 from nasplat import Genotype, SearchSpace, UnknownSpaceError, get_space, register_space
-from nasplat import space as space_module
+from nasplat.spaces import registry as space_module
 from search_spaces.darts import DARTS_V2, DartsGenotype, DartsNetwork, DartsSpace, DartsSupernet, reduction_layers
 
 OFFICIAL_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",

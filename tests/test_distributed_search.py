@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nasplat.config import SearchConfig
-from nasplat.distributed import average_
-from nasplat.search_loop import SupernetSearch
+from nasplat.searching.config import SearchConfig
+from nasplat.training.collectives import average_
+from nasplat.searching.loop import SupernetSearch
 
 TINY = dict(image_size=16, train_samples=16, val_samples=4, epochs=2, batch_size=2, workers=2,
             arch_lr=3e-2, space_options={"C": 2, "layers": 2, "reductions": 1})

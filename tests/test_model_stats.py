@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasplat.model_stats import count_flops, count_parameters, measure_latency
+from nasplat.training.model_stats import count_flops, count_parameters, measure_latency
 
 
 def test_parameters_of_known_layers():

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat import ops
-from nasplat.ops import (
+from nasplat.spaces import ops
+from nasplat.spaces.ops import (
     DARTS_OPS,
     DilConv,
     FactorizedReduce,

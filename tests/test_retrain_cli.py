@@ -6,10 +6,10 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nasplat.config import ConfigError
-from nasplat.retrain_config import RetrainConfig
-from nasplat.retrain_loop import Retrainer
-from nasplat.tracking import ensure_experiment
+from nasplat.training.config import ConfigError
+from nasplat.retraining.config import RetrainConfig
+from nasplat.retraining.loop import Retrainer
+from nasplat.tracking.logger import ensure_experiment
 from pipelines import baselines, evaluate
 from pipelines.cli import build_parser, main
 from pipelines.retrain import RETRAIN_FLAGS, resolve_paths, resolve_source

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nasplat.tracking import PARENT_TAG, ensure_experiment
+from nasplat.tracking.logger import PARENT_TAG, ensure_experiment
 from search_spaces.darts import DARTS_V2
 
 TINY = ["--image-size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "4"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from nasplat.config import ConfigError
-from nasplat.retrain_config import RetrainConfig
-from nasplat.retrain_loop import (
+from nasplat.training.config import ConfigError
+from nasplat.retraining.config import RetrainConfig
+from nasplat.retraining.loop import (
     TrainingDiverged,
     ModelSpec,
     Retrainer,

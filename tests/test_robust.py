@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 
 import nasplat
-from nasplat.robust import (
+from nasplat.searching.robust import (
     DEFAULT_PRESET,
     EarlyStopConfig,
     EarlyStopper,

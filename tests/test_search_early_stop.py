@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import nasplat.search_loop as search_loop
-from nasplat.config import SearchConfig
-from nasplat.search_loop import SupernetSearch
+import nasplat.searching.loop as search_loop
+from nasplat.searching.config import SearchConfig
+from nasplat.searching.loop import SupernetSearch
 
 TINY = dict(image_size=16, train_samples=8, val_samples=4, batch_size=2, workers=1,
             space_options={"C": 2, "layers": 2, "reductions": 1})

@@ -6,8 +6,9 @@ import zipfile
 
 import pytest
 
-from nasplat.config import PLACEMENT_STRATEGIES, ConfigError, SearchConfig
-from nasplat.tracking import RAY_JOB_CONFIG_ENV, RAY_JOB_TAG, ray_job_tags
+from nasplat.training.config import PLACEMENT_STRATEGIES, ConfigError
+from nasplat.searching.config import SearchConfig
+from nasplat.tracking.logger import RAY_JOB_CONFIG_ENV, RAY_JOB_TAG, ray_job_tags
 from pipelines import jobs, submit
 from pipelines.cli import main
 
@@ -189,7 +190,7 @@ def test_placement_strategy_is_one_of_rays():
 
 
 def test_uri_storage_is_kept_and_written_through_pyarrow(tmp_path, monkeypatch):
-    from nasplat.storage import run_location, write_bytes
+    from nasplat.training.storage import run_location, write_bytes
     from pipelines.search import resolve_paths
 
     monkeypatch.chdir(tmp_path)

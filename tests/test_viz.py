@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 import nasplat
-from nasplat.config import ConfigError, SearchConfig
+from nasplat.training.config import ConfigError
+from nasplat.searching.config import SearchConfig
 from nasplat.data.voc import VOC_CLASSES
 from nasplat.runtime.search_worker import picture_folders
-from nasplat.search_loop import SupernetSearch
+from nasplat.searching.loop import SupernetSearch
 from nasplat.viz import cells, heatmaps, overlays, paths, pictures
 from search_spaces.autodeeplab import PAPER_GENOTYPE, normalized_beta
 from search_spaces.darts import DARTS_V2
@@ -226,7 +227,7 @@ def test_a_failing_picture_is_reported_and_the_rest_is_still_written(tmp_path):
 def test_log_figures_keeps_subfolders(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking import RunLogger, ensure_experiment
+    from nasplat.tracking.logger import RunLogger, ensure_experiment
 
     pictures_dir = tmp_path / "pics"
     (pictures_dir / "sub").mkdir(parents=True)

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nasplat.metrics import IGNORE_INDEX
+from nasplat.training.metrics import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nasplat.metrics import IGNORE_INDEX
+from nasplat.training.metrics import IGNORE_INDEX
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data

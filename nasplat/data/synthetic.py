@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from nasplat.metrics import IGNORE_INDEX
+from nasplat.training.metrics import IGNORE_INDEX
 
 __all__ = [
     "CLASS_NAMES",

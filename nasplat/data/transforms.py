@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from nasplat.metrics import IGNORE_INDEX
+from nasplat.training.metrics import IGNORE_INDEX
 
 __all__ = ["SegmentationAugment"]
 

@@ -14,11 +14,11 @@ from typing import Iterator
 import ray.train
 import torch
 
-from nasplat.config import SearchConfig
+from nasplat.searching.config import SearchConfig
 from nasplat.data.shards import ShardDataset, ray_dataset, read_manifest
 from nasplat.data.sources import search_transforms, split_halves, train_split_name
 from nasplat.data.transforms import SegmentationAugment
-from nasplat.search_loop import BatchStream
+from nasplat.searching.loop import BatchStream
 
 SPLITS = ("train_a", "train_b", "val")
 RESERVED_CPUS = 1.0

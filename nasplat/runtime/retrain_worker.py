@@ -17,11 +17,11 @@ from typing import Any
 import ray.train
 import torch
 
-from nasplat.model_stats import count_flops, count_parameters
-from nasplat.retrain_config import RetrainConfig
+from nasplat.training.model_stats import count_flops, count_parameters
+from nasplat.retraining.config import RetrainConfig
 from nasplat.runtime.progress import TrialProgress
-from nasplat.retrain_loop import BEST_MODEL_FILE, Retrainer
-from nasplat.tracking import RunLogger
+from nasplat.retraining.loop import BEST_MODEL_FILE, Retrainer
+from nasplat.tracking.logger import RunLogger
 
 RUN_ID_KEY = "mlflow_run_id"
 TRACKING_KEY = "tracking_uri"

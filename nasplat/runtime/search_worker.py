@@ -14,15 +14,16 @@ from typing import Any
 import ray.train
 import torch
 
-from nasplat.config import SearchConfig
-from nasplat.distributed import max_abs_difference
-from nasplat.genotype import Genotype, genotype_from_dict
-from nasplat.model_stats import count_flops
-from nasplat.robust import StopDecision
+from nasplat.searching.config import SearchConfig
+from nasplat.training.collectives import max_abs_difference
+from nasplat.spaces.genotype import Genotype
+from nasplat.spaces.registry import genotype_from_dict
+from nasplat.training.model_stats import count_flops
+from nasplat.searching.robust import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
-from nasplat.search_loop import SupernetSearch
-from nasplat.space import get_space, import_space_source, resolve_space_spec
-from nasplat.tracking import RunLogger
+from nasplat.searching.loop import SupernetSearch
+from nasplat.spaces.registry import get_space, import_space_source, resolve_space_spec
+from nasplat.tracking.logger import RunLogger
 
 RUN_ID_KEY = "mlflow_run_id"
 TRACKING_KEY = "tracking_uri"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
-from nasplat.storage import run_location
-from nasplat.tracking import RunLogger
+from nasplat.training.storage import run_location
+from nasplat.tracking.logger import RunLogger
 
 
 def fit_trial(

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from nasplat.cells import cell_edges
+from nasplat.spaces.cells import cell_edges
 from nasplat.viz.cells import DARTS_INPUTS, FORMATS, save_figure
 from nasplat.viz.paths import STRIDES, reachable_strides
 

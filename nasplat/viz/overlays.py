@@ -18,7 +18,7 @@ from nasplat.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from nasplat.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
 from nasplat.data.synthetic import PALETTE as SYNTHETIC_PALETTE
 from nasplat.data.voc import voc_colormap
-from nasplat.metrics import IGNORE_INDEX
+from nasplat.training.metrics import IGNORE_INDEX
 
 NEUTRAL: tuple[int, int, int] = (128, 128, 128)
 COLUMNS: tuple[str, ...] = ("image", "ground truth", "prediction", "overlay")

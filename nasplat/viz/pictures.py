@@ -85,7 +85,7 @@ def render_pictures(directory: str | Path, genotype: Any, distributions: Mapping
 
 
 def log_figures(logger: Any, directory: str | Path, artifact_path: str) -> int:
-    """Log every file under ``directory`` to the run of ``logger`` (a :class:`nasplat.tracking.RunLogger`)
+    """Log every file under ``directory`` to the run of ``logger`` (a :class:`nasplat.tracking.logger.RunLogger`)
     under ``artifact_path``, keeping sub-folders; returns the number of files."""
     logger.log_artifacts(directory, artifact_path)
     return sum(1 for p in Path(directory).rglob("*") if p.is_file())

@@ -84,34 +84,6 @@ class Genotype:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def genotype_from_dict(data: Mapping[str, Any]) -> Genotype:
-    """Rebuild a genotype of any registered space from its ``to_dict()`` form."""
-    from nasplat.space import get_space
-
-    if not isinstance(data, Mapping) or "space" not in data:
-        raise GenotypeError("space", "missing (a genotype names the space it belongs to)")
-    try:
-        space = get_space(str(data["space"]))
-    except KeyError as err:
-        raise GenotypeError("space", str(err)) from None
-    return space.genotype_type.from_dict(data)
-
-
-def load_genotype(path: str | Path) -> Genotype:
-    """Read a genotype JSON file; errors name the file and the field at fault."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GenotypeError("<file>", "no such file", source=str(path)) from None
-    except json.JSONDecodeError as err:
-        raise GenotypeError("<file>", f"not valid JSON ({err})", source=str(path)) from None
-    try:
-        return genotype_from_dict(data)
-    except GenotypeError as err:
-        raise GenotypeError(err.field, err.problem, source=str(path)) from None
-
-
 def save_genotype(genotype: Genotype, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(genotype.to_json() + "\n")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat.ops import Identity, MixedOp, build_op
+from nasplat.spaces.ops import Identity, MixedOp, build_op
 
 OpChoice = tuple[str, int]
 

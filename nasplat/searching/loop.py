@@ -17,14 +17,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from nasplat.bilevel import BilevelOptimizer
-from nasplat.config import ConfigError, SearchConfig
+from nasplat.searching.bilevel import BilevelOptimizer
+from nasplat.training.config import ConfigError
+from nasplat.searching.config import SearchConfig
 from nasplat.data.sources import SearchData, search_data
-from nasplat.distributed import average_buffers_, broadcast_module_, rank, world_size
-from nasplat.genotype import Genotype
-from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
-from nasplat.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant_hessian_eigenvalue
-from nasplat.space import get_space
+from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
+from nasplat.spaces.genotype import Genotype
+from nasplat.training.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.searching.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant_hessian_eigenvalue
+from nasplat.spaces.registry import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
 BatchStream = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]

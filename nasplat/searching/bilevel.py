@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nasplat.distributed import average_
-from nasplat.space import ARCH_PREFIX, Supernet
+from nasplat.training.collectives import average_
+from nasplat.spaces.space import ARCH_PREFIX, Supernet
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -28,21 +28,21 @@ from torch.utils.data import (
     Subset,
 )
 
-from nasplat.config import ConfigError
+from nasplat.training.config import ConfigError
 from nasplat.data.sources import search_data
-from nasplat.distributed import (
+from nasplat.training.collectives import (
     average_,
     average_buffers_,
     broadcast_module_,
     rank,
     world_size,
 )
-from nasplat.genotype import genotype_from_dict
-from nasplat.metrics import IGNORE_INDEX, ConfusionMatrix
+from nasplat.spaces.registry import genotype_from_dict
+from nasplat.training.metrics import IGNORE_INDEX, ConfusionMatrix
 from nasplat.models import get_model
-from nasplat.retrain_config import GENOTYPE_DEFAULT_OPTIONS, RetrainConfig
-from nasplat.search_loop import seed_everything
-from nasplat.space import get_space
+from nasplat.retraining.config import GENOTYPE_DEFAULT_OPTIONS, RetrainConfig
+from nasplat.searching.loop import seed_everything
+from nasplat.spaces.registry import get_space
 
 CHECKPOINT_FORMAT = "nasplat-model"
 CHECKPOINT_VERSION = 1

@@ -53,7 +53,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from nasplat.distributed import average_
+from nasplat.training.collectives import average_
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -84,7 +84,7 @@ def dominant_hessian_eigenvalue(
     ``loss_fn(model(inputs), targets)`` with respect to every tensor of
     ``model.arch_parameters()`` taken together, at the current weights (no unrolling). Power
     iteration from a seeded random unit vector; each step is one Hessian-vector product by double
-    backpropagation, averaged across workers with :func:`~nasplat.distributed.average_`. Stops
+    backpropagation, averaged across workers with :func:`~nasplat.training.collectives.average_`. Stops
     when the Rayleigh quotient changes by less than ``tol`` (relative) or after ``iterations``.
 
     ``which="largest"`` returns the largest *algebraic* eigenvalue instead, as the authors' code

@@ -1,0 +1,75 @@
+"""Search configuration: the shared experiment fields plus what only a supernet search has."""
+from __future__ import annotations
+
+import dataclasses
+
+from nasplat.training.config import ConfigError, ExperimentConfig, is_count, option
+
+EARLY_STOP_PRESETS = ("off", "paper", "reference")
+EARLY_STOP_MODES = ("stop", "ada", "simulate")
+
+
+@dataclasses.dataclass
+class SearchConfig(ExperimentConfig):
+    """Everything a search needs. Field names are the YAML keys; ``--flag-name`` sets ``flag_name``."""
+
+    space: str = option("darts", "search space: a registered name (darts, autodeeplab), or FILE.py:NAME / "
+                        "package.module:NAME for your own")
+    trials: int = option(1, "Tune trials (seeds seed, seed+1, ...; ASHA stops weak ones when > 1)")
+    experiment: str = option("nasplat-search", "MLflow experiment name")
+    order: int = option(1, "1 = first-order DARTS, 2 = second-order (unrolled) architecture gradient", choices=(1, 2))
+    warmup_epochs: int = option(0, "epochs that train weights only before architecture updates start")
+    w_lr: float = option(0.025, "weight SGD learning rate (cosine schedule)")
+    w_lr_min: float = option(0.001, "final weight learning rate of the cosine schedule")
+    w_momentum: float = option(0.9, "weight SGD momentum")
+    w_weight_decay: float = option(3e-4, "weight SGD weight decay")
+    grad_clip: float = option(5.0, "weight gradient norm clip")
+    arch_lr: float = option(3e-3, "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short "
+                            "default search uses Auto-DeepLab's 3e-3)")
+    arch_weight_decay: float = option(1e-3, "architecture Adam weight decay (DARTS: 1e-3)")
+    arch_beta1: float = option(0.5, "architecture Adam beta1 (DARTS: 0.5)")
+    arch_beta2: float = option(0.999, "architecture Adam beta2")
+    space_options: dict = option({}, "supernet options as KEY=VALUE, repeatable (darts: C=8, layers=5, "
+                                 "reductions=2, stem_stride=1, head_channels=64)")
+    early_stop: str = option("off", "RobustDARTS early stopping on the dominant Hessian eigenvalue: off, paper "
+                             "(every epoch, k=5, ratio < 0.75, architecture of epoch i-5) or reference (the "
+                             "authors' released code)", choices=EARLY_STOP_PRESETS)
+    early_stop_mode: str = option("stop", "what a trigger does: stop (DARTS-ES), ada (DARTS-ADA: roll back, raise "
+                                  "weight decay) or simulate (record only)", choices=EARLY_STOP_MODES)
+    early_stop_options: dict = option({}, "overrides of the early-stop preset as KEY=VALUE, repeatable "
+                                      "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
+                                      "ada_factor, ada_max_weight_decay, extra_rollback)")
+    hessian_batches: int = option(2, "split-B batches per worker used for the Hessian eigenvalue (the same ones "
+                                  "every time)")
+    hessian_iterations: int = option(20, "power-iteration steps for the Hessian eigenvalue")
+    hessian_arch_weight_decay: bool = option(False, "add the architecture weight decay to the Hessian (H + wd*I), "
+                                             "as the authors' code")
+    picture_interval: int = option(5, "draw cells, arch heatmaps and prediction overlays every N epochs into the "
+                                   "MLflow run (pictures/epoch_NNN/); 0 = only at the end (pictures/final/)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.order not in (1, 2) or isinstance(self.order, bool):
+            raise ConfigError(f"config field 'order' must be 1 (first order) or 2 (second order), got {self.order!r}")
+        if not is_count(self.warmup_epochs, 0) or self.warmup_epochs > self.epochs:
+            raise ConfigError(f"config field 'warmup_epochs' must be in 0..epochs ({self.epochs}), got {self.warmup_epochs!r}")
+        if self.train_samples < 2 * self.workers:
+            raise ConfigError(
+                f"config field 'train_samples' ({self.train_samples}) must give each of the {self.workers} "
+                "workers at least one sample in each of the two search splits"
+            )
+        self.require_numbers("w_lr", "arch_lr", strict=True)
+        self.require_numbers("w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "arch_weight_decay",
+                             "arch_beta1", "arch_beta2")
+        self.require_choice("early_stop", EARLY_STOP_PRESETS)
+        self.require_choice("early_stop_mode", EARLY_STOP_MODES)
+        self.require_mapping("space_options", "early_stop_options")
+        self.require_counts("hessian_batches", "hessian_iterations")
+        if not isinstance(self.hessian_arch_weight_decay, bool):
+            raise ConfigError(f"config field 'hessian_arch_weight_decay' must be true or false, "
+                              f"got {self.hessian_arch_weight_decay!r}")
+        if not is_count(self.picture_interval, 0):
+            raise ConfigError(
+                f"config field 'picture_interval' must be an integer >= 0 (0 = pictures only at the end), "
+                f"got {self.picture_interval!r}"
+            )
