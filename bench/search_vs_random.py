@@ -89,8 +89,8 @@ def searched_genotype(args: argparse.Namespace) -> Genotype:
 
         return load_genotype(Path(args.genotype).expanduser().resolve())
     if args.from_run:
-        from nasplat.tracking.logger import resolve_tracking_uri
-        from pipelines.retrain import genotype_from_run
+        from nasplat.tracking.uri import resolve_tracking_uri
+        from nasplat.tracking.queries import genotype_from_run
 
         genotype, _ = genotype_from_run(resolve_tracking_uri(args.tracking_uri, create=False), args.from_run)
         return genotype_from_dict(genotype)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from typing import Any
@@ -41,32 +40,35 @@ def _models(text: str) -> list[str]:
 
 
 def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None, prefix: str,
-                  latency_size: tuple[int, int] | None, argv: list[str]) -> list[dict[str, Any]]:
+                  latency_size: tuple[int, int] | None) -> list[dict[str, Any]]:
     """Retrain each model under ``config``'s budget and evaluate its best model; one dict per model."""
     import ray
 
-    from pipelines.evaluate import checkpoint_from_run, evaluate_checkpoint
-    from pipelines.retrain import resolve_paths, resolve_source, run_retrain
+    import nasplat
     from nasplat.runtime.ray_session import start_ray
+    from nasplat.runtime.retrain_driver import prepare_retrain, resolve_source
+    from nasplat.tracking import schema
+    from nasplat.tracking.queries import download_best_model
+    from pipelines.evaluate import evaluate_checkpoint
 
-    config = resolve_paths(config.replace(name=prefix))
+    config = prepare_retrain(config.replace(name=prefix))
     if "searched" in models:  # find the genotype before any training starts
         source = resolve_source(config.replace(from_run=from_run))
-        from_run = from_run or source.lineage["nasplat.source_search_run"]
+        from_run = from_run or source.lineage[schema.SEARCH_RUN_TAG]
     rows = []
     started_ray = start_ray(config.address, config.trials)
     try:
         for model in models:
             fields = MODELS[model] or {"from_run": from_run}
             print(f"[nasplat] baselines: retraining {model} ({len(rows) + 1}/{len(models)})", flush=True)
-            outcome = run_retrain(config.replace(**fields, name=f"{prefix}-{model}"), argv=argv)
+            outcome = nasplat.retrain(config.replace(**fields, name=f"{prefix}-{model}"))
             with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
                 # the model file from MLflow: the same bytes as outcome.checkpoint, which may be an s3:// URI
-                local = checkpoint_from_run(config.tracking_uri, outcome.parent_run_id, tmp)
+                local = download_best_model(config.tracking_uri, outcome.run_id, tmp)
                 report = evaluate_checkpoint(local, latency_size=latency_size)
             rows.append({"model": model, "label": outcome.model_label, "val_miou": report["val_miou"],
                          "params": report["params"], "flops": report["flops"], "latency_ms": report["latency_ms"],
-                         "input_size": report["input_size"], "run_id": outcome.parent_run_id,
+                         "input_size": report["input_size"], "run_id": outcome.run_id,
                          "checkpoint": str(outcome.checkpoint)})
     finally:
         if started_ray:
@@ -126,6 +128,6 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(experiment=DEFAULT_EXPERIMENT)  # not retrain's default: the rows belong together
     prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = run_baselines(config, models, args.search_run, prefix,
-                         tuple(args.latency_size) if args.latency_size else None, ["nasplat", *sys.argv[1:]])
+                         tuple(args.latency_size) if args.latency_size else None)
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows), flush=True)
     return 0

@@ -6,35 +6,13 @@ import importlib
 import sys
 from typing import Sequence
 
-
-from nasplat.training.config import ConfigError
-from nasplat.searching.config import SearchConfig
 from nasplat.data.records import DataError
-from nasplat.data.shards import ShardError
-from pipelines.config_args import FlagSpec
+from nasplat.data.shard_format import ShardError
+from nasplat.training.config import ConfigError, ExperimentConfig
 
-
-
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.sample", "pipelines.export", "pipelines.submit", "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.search", "pipelines.sample", "pipelines.export", "pipelines.submit", "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
 """Modules that add a subcommand: each has ``add_parser(subparsers)``, which sets ``handler`` (args -> exit status)
 with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
-
-
-SEARCH_FLAGS = FlagSpec(
-    SearchConfig,
-    mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
-    nullable_types={"cpus_per_worker": float},
-)
-
-
-def _add_search_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "search", help="run an architecture search (defaults: DARTS on synthetic data, local Ray, local MLflow)",
-        description="Run a supernet search as a Ray Tune experiment of Ray Train trials, tracked in MLflow. "
-        "Every option can also be set in a YAML file passed with --config (keys = option names with "
-        "underscores); command-line flags win over the file.",
-    )
-    SEARCH_FLAGS.add_arguments(parser)
 
 
 def _add_data_parser(subparsers) -> None:
@@ -45,11 +23,13 @@ def _add_data_parser(subparsers) -> None:
         description="Read PASCAL VOC 2012 (VOCdevkit/VOC2012), Cityscapes (leftImg8bit + gtFine labelIds) or "
         "the built-in synthetic scenes, check every sample, and write Parquet shards with masks in train ids "
         "(255 = ignore) plus manifest.json. Bad samples stop it before anything is written, unless --skip-bad. "
-        "An interrupted run leaves no manifest; running it again completes the work.",
+        "An interrupted run leaves no manifest; running it again completes the work. It never deletes a file "
+        "it did not write: an --out folder holding anything else, or another dataset, is refused.",
     )
     prepare.add_argument("source", choices=("voc", "cityscapes", "synthetic"))
-    prepare.add_argument("--root", help="dataset root in the official layout (voc, cityscapes)")
-    prepare.add_argument("--out", required=True, help="output directory for the shards")
+    prepare.add_argument("--root", help="dataset root in the official layout (required for voc and cityscapes)")
+    prepare.add_argument("--out", required=True, help="output folder for the shards: new, empty, or filled by an "
+                         "earlier prepare of the same dataset (which it resumes)")
     prepare.add_argument("--splits", help="comma-separated splits (default: voc train_aug or train, and val; "
                          "cityscapes train,val)")
     prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable or invalid samples and list "
@@ -84,7 +64,7 @@ def _add_compare_parser(subparsers) -> None:
         "genotype hash, start time. Retrains are in the experiment nasplat-retrain.",
     )
     parser.add_argument("--experiment", default="nasplat-search", help="MLflow experiment name (default nasplat-search)")
-    parser.add_argument("--tracking-uri", help=SearchConfig.help_texts()["tracking_uri"])
+    parser.add_argument("--tracking-uri", help=ExperimentConfig.help_texts()["tracking_uri"])
     parser.add_argument("--sort", default="best_miou", metavar="COLUMN", help="column to sort by: run_name, run_id, "
                         "status, kind, space, dataset, best_miou, params, gflops, epochs, hours, genotype, started "
                         "(default best_miou; descending unless --ascending; missing values last)")
@@ -104,7 +84,6 @@ def _add_ui_parser(subparsers) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nasplat", description="Distributed NAS for semantic segmentation.")
     subparsers = parser.add_subparsers(dest="command", required=False)
-    _add_search_parser(subparsers)
     _add_data_parser(subparsers)
     _add_compare_parser(subparsers)
     _add_ui_parser(subparsers)
@@ -121,12 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command == "search":
-            from pipelines.search import print_outcome, run_search
-
-            config = SEARCH_FLAGS.config_from_args(args)
-            print_outcome(run_search(config, argv=["nasplat", *argv]))
-        elif args.command == "data":
+        if args.command == "data":
             _run_data(args)
         elif args.command == "compare":
             from pipelines.compare import run_compare
@@ -144,12 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # the resource planner's and Ray's errors end up here
         from nasplat.runtime.resources import ResourceError
 
-        from pipelines.search import SearchInterrupted
+        from nasplat.runtime.driver import ExperimentInterrupted
 
         if isinstance(err, ResourceError):
             print(f"nasplat: error: {err}", file=sys.stderr)
             return 2
-        if isinstance(err, SearchInterrupted):
+        if isinstance(err, ExperimentInterrupted):
             print(f"nasplat: {err}", file=sys.stderr)
             return 130
         raise

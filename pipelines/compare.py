@@ -17,7 +17,9 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from nasplat.tracking.logger import PARENT_TAG, existing_store_uri, local_artifact_root
+from nasplat.tracking import schema
+from nasplat.tracking.schema import PARENT_TAG
+from nasplat.tracking.uri import existing_store_uri, local_artifact_root
 
 DEFAULT_EXPERIMENT = "nasplat-search"
 FORMATS = ("table", "csv", "json")
@@ -63,13 +65,13 @@ def _is_remote(uri: str) -> bool:
 
 def open_store(tracking_uri: str | None):
     """An ``MlflowClient`` on an existing store (never creates one), and the resolved URI."""
-    from mlflow.tracking import MlflowClient
+    from nasplat.tracking.runs import client
 
     try:
         uri = existing_store_uri(tracking_uri)
     except FileNotFoundError as err:
         raise CompareError(str(err)) from None
-    return MlflowClient(tracking_uri=uri), uri
+    return client(uri), uri
 
 
 def _all_runs(client, experiment_id: str, filter_string: str) -> list:
@@ -125,13 +127,13 @@ def _started(ms: int | None) -> str | None:
 
 def _row(client, parent, children: list) -> dict[str, Any]:
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
-    best_id = tags.get("nasplat.best_trial_run")
+    best_id = tags.get(schema.BEST_TRIAL_RUN_TAG)
     best = next((c for c in children if c.info.run_id == best_id), None)
     if best is None and children:  # search still running (or failed): the best trial so far
         scored = [c for c in children if "val_miou" in c.data.metrics]
         best = max(scored, key=lambda c: c.data.metrics["val_miou"]) if scored else None
 
-    retrain = tags.get("nasplat.kind") == "retrain"
+    retrain = tags.get(schema.KIND_TAG) == "retrain"
     size, flops = None, None
     for run in ([best] if best is not None else []) + children:
         if retrain:  # the retrained network's own figures, logged as metrics by its trials
@@ -160,11 +162,11 @@ def _row(client, parent, children: list) -> dict[str, Any]:
         hours = (hours or 0.0) + seconds / 3600.0 * child_workers * child_per_worker
 
     return {
-        "run_name": tags.get("nasplat.run_name") or parent.info.run_name or tags.get("mlflow.runName"),
+        "run_name": tags.get(schema.RUN_NAME_TAG) or parent.info.run_name or tags.get("mlflow.runName"),
         "run_id": parent.info.run_id,
         "status": parent.info.status,
-        "kind": tags.get("nasplat.kind"),
-        "space": tags.get("nasplat.model") if retrain else tags.get("nasplat.space") or params.get("space"),
+        "kind": tags.get(schema.KIND_TAG),
+        "space": tags.get(schema.MODEL_TAG) if retrain else tags.get(schema.SPACE_TAG) or params.get("space"),
         "dataset": params.get("dataset"),
         "best_miou": metrics.get("best_val_miou"),
         "params": int(size) if size is not None else None,
@@ -223,7 +225,7 @@ def search_rows(
                 + (", ".join(repr(n) for n in names) if names else "none")
             )
         def of_kind(*kinds: str) -> list:  # MLflow's filter has no IN for tags
-            return [run for kind in kinds for run in _all_runs(client, found.experiment_id, f"tags.`nasplat.kind` = '{kind}'")]
+            return [run for kind in kinds for run in _all_runs(client, found.experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
 
         parents = of_kind("search", "retrain")
         trials = of_kind("search-trial", "retrain-trial") if parents else []

@@ -18,31 +18,6 @@ from typing import Any
 from nasplat.training.config import ConfigError
 
 
-def checkpoint_from_run(tracking_uri: str | None, run_id: str, directory: str | Path) -> Path:
-    """Download the best model file of a retrain run: its parent run (follows ``nasplat.model_run``) or a trial run."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from nasplat.runtime.retrain_worker import BEST_ARTIFACT
-    from nasplat.tracking.logger import existing_store_uri
-    from pipelines.retrain import MODEL_RUN_TAG
-
-    uri = existing_store_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"--run: no MLflow run {run_id!r} in {uri}") from None
-    if run.data.tags.get("nasplat.kind") == "retrain":
-        if MODEL_RUN_TAG not in run.data.tags:
-            raise ConfigError(f"--run: retrain run {run_id} has no best model yet (tag {MODEL_RUN_TAG} missing)")
-        run_id = run.data.tags[MODEL_RUN_TAG]
-    try:
-        return Path(client.download_artifacts(run_id, BEST_ARTIFACT, str(directory)))
-    except (MlflowException, OSError):
-        raise ConfigError(f"--run: run {run_id} has no {BEST_ARTIFACT} artifact (not a retrain run?)") from None
-
-
 def evaluate_checkpoint(
     path: str | Path, scales: Sequence[float] | None = None, flip: bool | None = None,
     data_overrides: dict[str, Any] | None = None, latency_size: Sequence[int] | None = None,
@@ -52,12 +27,8 @@ def evaluate_checkpoint(
     from torch.utils.data import DataLoader
 
     from nasplat.training.model_stats import count_flops, count_parameters, measure_latency
-    from nasplat.retraining.loop import (
-        ModelSpec,
-        evaluate_model,
-        load_model_checkpoint,
-        validation_split,
-    )
+    from nasplat.retraining.model_file import ModelSpec, load_model_checkpoint, validation_split
+    from nasplat.training.evaluation import evaluate_model
 
     model, payload = load_model_checkpoint(path, device=device)
     spec = ModelSpec.from_dict(payload["spec"])
@@ -138,11 +109,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nasplat.tracking.queries import download_best_model
+    from nasplat.tracking.uri import existing_store_uri
+
     if args.scales is not None and not all(s > 0 for s in args.scales):
         raise ConfigError(f"--scales must be > 0, got {args.scales}")
     overrides = {key: getattr(args, key) for key in ("dataset", "data_root", "image_size") if getattr(args, key) is not None}
     with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
-        path = Path(args.checkpoint) if args.checkpoint else checkpoint_from_run(args.tracking_uri, args.run, tmp)
+        path = Path(args.checkpoint) if args.checkpoint else download_best_model(
+            existing_store_uri(args.tracking_uri), args.run, tmp)
         report = evaluate_checkpoint(path, args.scales, args.flip, overrides, args.latency_size,
                                      args.latency_repeats, args.batch_size)
     if args.run:

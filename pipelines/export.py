@@ -16,11 +16,8 @@ from nasplat.training.config import ConfigError
 
 if TYPE_CHECKING:
     import torch
-    from mlflow.tracking import MlflowClient
     from torch import nn
 
-MODEL_NAME = "model"
-"""The ``name=`` the retrain pipeline logs its model under (preferred when a run holds several)."""
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 DEFAULT_SIZE = (512, 1024)
 DEFAULT_ATOL = 1e-4
@@ -54,40 +51,6 @@ def add_parser(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------ finding the model
-
-
-def find_model(client: MlflowClient, run_id: str) -> tuple[str, str]:
-    """``(model_id, run id holding it)`` for ``run_id``, following ``nasplat.model_run`` once.
-
-    Among several logged models of a run, the one named ``model`` wins, then the newest.
-    Raises ConfigError naming the run when there is no such run or no model.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.retrain import MODEL_RUN_TAG
-
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise ConfigError(f"no MLflow run {run_id!r} in {client.tracking_uri}: {err.message}") from None
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
-        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
-    )
-    if models:
-        named = [m for m in models if m.name == MODEL_NAME]
-        return (named or list(models))[0].model_id, run_id
-    target = run.data.tags.get(MODEL_RUN_TAG)
-    if target and target != run_id:
-        try:
-            model_id, _ = find_model(client, target)
-        except ConfigError as err:
-            raise ConfigError(f"run {run_id} points to its model run with {MODEL_RUN_TAG}={target}, but: {err}") from None
-        return model_id, target
-    raise ConfigError(
-        f"run {run_id} ({run.info.run_name}) holds no logged model and has no {MODEL_RUN_TAG} tag; "
-        "export takes a retrain run (or its parent run), not a search run"
-    )
 
 
 def signature_size(model_uri: str) -> tuple[int, int] | None:
@@ -193,17 +156,15 @@ def run_export(args: argparse.Namespace) -> int:
 
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from nasplat.tracking.logger import existing_store_uri
+    from nasplat.tracking.queries import logged_model
+    from nasplat.tracking.uri import existing_store_uri
 
     if args.format == "onnx":
         missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
         if missing:
             raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install 'nasplat[export]'")
     uri = existing_store_uri(args.tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
-    model_id, model_run = find_model(client, args.run)
+    model_id, model_run = logged_model(uri, args.run)
     model_uri = f"models:/{model_id}"
     mlflow.set_tracking_uri(uri)
     size = tuple(args.size) if args.size else signature_size(model_uri) or DEFAULT_SIZE

@@ -5,7 +5,7 @@ working directory, zipped and uploaded by Ray, minus virtual environments, track
 folders and .git) and/or pip packages, plus the MLflow tracking URI, which is passed to the command
 as ``--tracking-uri`` so the job records into the store the user reads. The search (and retrain)
 parent run gets the job's submission id as the tag ``nasplat.ray_job_id`` (see
-``nasplat.tracking.logger.ray_job_tags``).
+``nasplat.tracking.runs.ray_job_tags``).
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def job_command(command: Sequence[str], tracking_uri: str | None, address: str) 
     local store (``sqlite:`` / ``file:``) or storage folder only works when the cluster runs on
     this machine: otherwise it is warned about.
     """
-    from nasplat.tracking.logger import resolve_tracking_uri
+    from nasplat.tracking.uri import resolve_tracking_uri
 
     command = list(command)
     if command and command[0] == "--":

@@ -18,7 +18,8 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from nasplat.tracking.logger import PARENT_TAG, local_artifact_root
+from nasplat.tracking.schema import PARENT_TAG
+from nasplat.tracking.uri import local_artifact_root
 from pipelines.cli import main
 from pipelines.compare import CompareError, format_rows, search_rows, ui_argv
 

@@ -6,7 +6,8 @@ import pytest
 from nasplat.training.config import ConfigError
 from nasplat.searching.config import SearchConfig
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourceError, plan_resources
-from pipelines.cli import SEARCH_FLAGS, build_parser
+from pipelines.cli import build_parser
+from pipelines.search import SEARCH_FLAGS
 
 
 def _config(argv: list[str]) -> SearchConfig:

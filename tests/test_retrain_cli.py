@@ -9,10 +9,11 @@ from mlflow.tracking import MlflowClient
 from nasplat.training.config import ConfigError
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.loop import Retrainer
-from nasplat.tracking.logger import ensure_experiment
+from nasplat.tracking.runs import ensure_experiment
 from pipelines import baselines, evaluate
 from pipelines.cli import build_parser, main
-from pipelines.retrain import RETRAIN_FLAGS, resolve_paths, resolve_source
+from nasplat.runtime.retrain_driver import prepare_retrain as resolve_paths, resolve_source
+from pipelines.retrain import RETRAIN_FLAGS
 from search_spaces.darts import DARTS_V2
 
 

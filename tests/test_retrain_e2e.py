@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nasplat.tracking.logger import PARENT_TAG, ensure_experiment
+from nasplat.tracking.runs import ensure_experiment
+from nasplat.tracking.schema import PARENT_TAG
 from search_spaces.darts import DARTS_V2
 
 TINY = ["--image-size", "32", "--train-samples", "16", "--val-samples", "8", "--batch-size", "4"]

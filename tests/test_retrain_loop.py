@@ -9,17 +9,9 @@ from torch import nn
 
 from nasplat.training.config import ConfigError
 from nasplat.retraining.config import RetrainConfig
-from nasplat.retraining.loop import (
-    TrainingDiverged,
-    ModelSpec,
-    Retrainer,
-    evaluate_model,
-    load_model_checkpoint,
-    poly_scheduler,
-    predict_probabilities,
-    read_checkpoint,
-    segmentation_loss,
-)
+from nasplat.retraining.loop import Retrainer, TrainingDiverged, poly_scheduler, segmentation_loss
+from nasplat.retraining.model_file import ModelSpec, load_model_checkpoint, read_checkpoint
+from nasplat.training.evaluation import evaluate_model, predict_probabilities
 from search_spaces.darts import DARTS_V2
 
 TINY = {"image_size": 16, "train_samples": 16, "val_samples": 4, "batch_size": 4, "workers": 1}

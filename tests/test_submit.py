@@ -8,7 +8,8 @@ import pytest
 
 from nasplat.training.config import PLACEMENT_STRATEGIES, ConfigError
 from nasplat.searching.config import SearchConfig
-from nasplat.tracking.logger import RAY_JOB_CONFIG_ENV, RAY_JOB_TAG, ray_job_tags
+from nasplat.tracking.runs import RAY_JOB_CONFIG_ENV, ray_job_tags
+from nasplat.tracking.schema import RAY_JOB_TAG
 from pipelines import jobs, submit
 from pipelines.cli import main
 
@@ -191,12 +192,12 @@ def test_placement_strategy_is_one_of_rays():
 
 def test_uri_storage_is_kept_and_written_through_pyarrow(tmp_path, monkeypatch):
     from nasplat.training.storage import run_location, write_bytes
-    from pipelines.search import resolve_paths
+    from nasplat.runtime.driver import resolve_paths
 
     monkeypatch.chdir(tmp_path)
-    config = resolve_paths(SearchConfig(storage="s3://bucket/prefix/", name="run1"))
+    config = resolve_paths(SearchConfig(storage="s3://bucket/prefix/", name="run1"), "search")
     assert config.storage == "s3://bucket/prefix/" and run_location(config.storage, config.name) == "s3://bucket/prefix/run1"
-    local = resolve_paths(SearchConfig(storage="runs", name="run1"))
+    local = resolve_paths(SearchConfig(storage="runs", name="run1"), "search")
     assert run_location(local.storage, local.name) == str(tmp_path / "runs" / "run1")
     uri = (tmp_path / "store").as_uri() + "/run1/genotype.json"
     write_bytes(uri, b"{}\n")

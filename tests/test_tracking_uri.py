@@ -1,7 +1,7 @@
 """Where runs are recorded: the tracking-URI rules every command shares."""
 from __future__ import annotations
 
-from nasplat.tracking.logger import local_artifact_root, resolve_tracking_uri
+from nasplat.tracking.uri import local_artifact_root, resolve_tracking_uri
 
 
 def test_default_is_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
@@ -32,7 +32,8 @@ def test_folder_is_not_made_when_create_is_false(tmp_path):
 def test_parent_and_trial_runs_are_found_again_on_resume(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking.logger import PARENT_TAG, open_parent_run, open_trial_run
+    from nasplat.tracking.runs import open_parent_run, open_trial_run
+    from nasplat.tracking.schema import PARENT_TAG
 
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_1"}}')
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

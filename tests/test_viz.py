@@ -227,7 +227,8 @@ def test_a_failing_picture_is_reported_and_the_rest_is_still_written(tmp_path):
 def test_log_figures_keeps_subfolders(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from nasplat.tracking.logger import RunLogger, ensure_experiment
+    from nasplat.tracking.logger import RunLogger
+    from nasplat.tracking.runs import ensure_experiment
 
     pictures_dir = tmp_path / "pics"
     (pictures_dir / "sub").mkdir(parents=True)

@@ -9,54 +9,34 @@ new best, the best model file as the artifact ``checkpoints/best_model.pt``; eve
 """
 from __future__ import annotations
 
-import logging
-import tempfile
 from pathlib import Path
 from typing import Any
-
-import ray.train
-import torch
 
 from nasplat.training.model_stats import count_flops, count_parameters
 from nasplat.retraining.config import RetrainConfig
 from nasplat.runtime.progress import TrialProgress
-from nasplat.retraining.loop import BEST_MODEL_FILE, Retrainer
-from nasplat.tracking.logger import RunLogger
+from nasplat.retraining.loop import Retrainer
+from nasplat.retraining.model_file import BEST_MODEL_FILE
+from nasplat.runtime.worker import report_epoch, restore_latest, start_worker
+from nasplat.tracking import schema
 
-RUN_ID_KEY = "mlflow_run_id"
-TRACKING_KEY = "tracking_uri"
-SOURCE_KEY = "model_source"
-BEST_ARTIFACT_DIR = "checkpoints"
-BEST_ARTIFACT = f"{BEST_ARTIFACT_DIR}/{BEST_MODEL_FILE}"
+SOURCE_KEY = "_nasplat_model_source"
 
 
 def retrain_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``)."""
-    logging.getLogger().setLevel(logging.WARNING)
-    loop_config = dict(loop_config)
-    run_id = loop_config.pop(RUN_ID_KEY)
-    tracking_uri = loop_config.pop(TRACKING_KEY)
-    source = loop_config.pop(SOURCE_KEY)
-    config = RetrainConfig.from_dict(loop_config)
-    torch.set_num_threads(max(1, int(config.cpus_per_worker or 1)))
-
-    is_rank0 = ray.train.get_context().get_world_rank() == 0
-    device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
-    trainer = Retrainer(config, source, device=device)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            trainer.restore(directory)
-        if is_rank0:
-            print(f"[nasplat] resumed from {checkpoint.path} at epoch {trainer.epoch}", flush=True)
-    logger = RunLogger(tracking_uri, run_id) if is_rank0 else None
+    context = start_worker(loop_config, RetrainConfig, extra_keys=(SOURCE_KEY,))
+    config: RetrainConfig = context.config
+    trainer = Retrainer(config, context.extras[SOURCE_KEY], device=context.device)
+    restore_latest(context, trainer)
+    logger = context.logger
     if logger is not None:
         crop = (1, 3, config.image_size, config.image_size)
         logger.log_params({"model": trainer.spec.label(), "model_options": trainer.spec.options,
                            "data": trainer.data_description})
         logger.log_metrics({"params": count_parameters(trainer.model),
                             "flops": count_flops(trainer.model, crop)}, step=0)
-        logger.set_tags({"nasplat.model": trainer.spec.label()})
+        logger.set_tags({schema.MODEL_TAG: trainer.spec.label()})
 
     while trainer.epoch < config.epochs:
         metrics: dict[str, Any] = trainer.train_epoch()
@@ -64,18 +44,17 @@ def retrain_worker(loop_config: dict[str, Any]) -> None:
         improved = trainer.update_best(evaluation)
         metrics.update({k: v for k, v in evaluation.items() if k not in ("val_iou", "confusion_matrix")})
         metrics.update(epoch=trainer.epoch, best_val_miou=trainer.best["val_miou"], best_epoch=trainer.best["epoch"])
-        with tempfile.TemporaryDirectory(prefix="nasplat-retrain-") as checkpoint_dir:
-            if logger is not None:
-                trainer.save(checkpoint_dir)
-                per_class = {f"val_iou.{name}": value for name, value in evaluation["val_iou"].items()}
-                logger.log_metrics({**metrics, **per_class}, step=trainer.epoch)
-                if improved:
-                    logger.log_artifact(Path(checkpoint_dir) / BEST_MODEL_FILE, BEST_ARTIFACT_DIR)
-                    logger.log_json(evaluation["confusion_matrix"], f"{BEST_ARTIFACT_DIR}/confusion_matrix.json")
-                    logger.set_tags({"best_epoch": trainer.best["epoch"]})
-            ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if is_rank0 else None
-            )
+
+        def write(directory: Path) -> None:
+            trainer.save(directory)
+            per_class = {f"val_iou.{name}": value for name, value in evaluation["val_iou"].items()}
+            logger.log_metrics({**metrics, **per_class}, step=trainer.epoch)
+            if improved:
+                logger.log_artifact(directory / BEST_MODEL_FILE, schema.BEST_MODEL_DIR)
+                logger.log_json(evaluation["confusion_matrix"], schema.CONFUSION_ARTIFACT)
+                logger.set_tags({schema.BEST_EPOCH_TAG: trainer.best["epoch"]})
+
+        report_epoch(context, metrics, write)
 
 
 class RetrainProgress(TrialProgress):

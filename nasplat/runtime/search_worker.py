@@ -7,59 +7,38 @@ checkpoint and logs metrics, the genotype and the arch distributions to MLflow, 
 """
 from __future__ import annotations
 
-import logging
 import tempfile
+from pathlib import Path
 from typing import Any
-
-import ray.train
-import torch
 
 from nasplat.searching.config import SearchConfig
 from nasplat.training.collectives import max_abs_difference
 from nasplat.spaces.genotype import Genotype
 from nasplat.spaces.registry import genotype_from_dict
 from nasplat.training.model_stats import count_flops
-from nasplat.searching.robust import StopDecision
+from nasplat.searching.early_stop import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.searching.loop import SupernetSearch
-from nasplat.spaces.registry import get_space, import_space_source, resolve_space_spec
+from nasplat.spaces.registry import import_space_source, resolve_space_spec
+from nasplat.runtime.worker import report_epoch, restore_latest, start_worker
+from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 
-RUN_ID_KEY = "mlflow_run_id"
-TRACKING_KEY = "tracking_uri"
 PREDICTION_SAMPLES = 4
 """Validation samples 0..3 get their predictions drawn in every picture set."""
 
 
-def _threads_for_worker(cpus: float | None) -> int:
-    return max(1, int(cpus or 1))
-
-
 def search_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``)."""
-    logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
-    loop_config = dict(loop_config)
-    run_id = loop_config.pop(RUN_ID_KEY)
-    tracking_uri = loop_config.pop(TRACKING_KEY)
-    config = SearchConfig.from_dict(loop_config)
-    torch.set_num_threads(_threads_for_worker(config.cpus_per_worker))
+    context = start_worker(loop_config, SearchConfig)
+    config: SearchConfig = context.config
     _, source = resolve_space_spec(config.space)
     if source is not None:
         import_space_source(source)
-    get_space(config.space)
-
-    context = ray.train.get_context()
-    is_rank0 = context.get_world_rank() == 0
-    device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
     streams = worker_streams(config) if uses_ray_data(config) else None
-    search = SupernetSearch(config, device=device, streams=streams)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            search.restore(directory)
-        if is_rank0:
-            print(f"[nasplat] resumed from {checkpoint.path} at epoch {search.epoch}", flush=True)
-    logger = RunLogger(tracking_uri, run_id) if is_rank0 else None
+    search = SupernetSearch(config, device=context.device, streams=streams)
+    restore_latest(context, search)
+    logger = context.logger
     if logger is not None:
         logger.log_params({
             "data": search.data.description, "data_reader": "ray_data" if search.streams else "torch_dataloader",
@@ -80,7 +59,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
         result = genotype
         if decision is not None and decision.ends_search:
             result = genotype_from_dict(decision.genotype)
-        metrics.update({k: v for k, v in evaluation.items() if k != "val_iou"})
+        metrics.update({k: v for k, v in evaluation.items() if k not in ("val_iou", "confusion_matrix")})
         metrics.update(
             epoch=epoch, arch_entropy=search.arch_entropy(), arch_max_worker_diff=arch_spread,
             genotype=result.to_json(indent=None), genotype_hash=genotype.short_hash(),
@@ -91,23 +70,21 @@ def search_worker(loop_config: dict[str, Any]) -> None:
             metrics["hessian_eigenvalue_smoothed"] = smoothed
         if decision is not None:
             metrics.update(early_stop_epoch=decision.stop_epoch + 1, early_stop_chosen_epoch=decision.chosen_epoch + 1)
-        with tempfile.TemporaryDirectory(prefix="nasplat-ckpt-") as checkpoint_dir:
-            if logger is not None:
-                search.save(checkpoint_dir)
-                _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
-                logger.log_json(result.to_dict(), "genotype.json")
-                logger.log_json(_arch_json(arch_record, search), f"arch/epoch_{epoch:03d}.json")
-                if decision is not None:
-                    _record_decision(logger, decision, index=len(search.stopper.decisions) - 1)
-                final = (decision is not None and decision.ends_search) or search.epoch >= config.epochs
-                folders = picture_folders(epoch, config.picture_interval, final)
-                if folders:
-                    _log_pictures(logger, search, result, folders, epoch, step)
-            previous = metrics["genotype_hash"]
-            # Ray copies the checkpoint to the run's storage before report returns
-            ray.train.report(
-                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir) if is_rank0 else None
-            )
+        final = (decision is not None and decision.ends_search) or search.epoch >= config.epochs
+
+        def write(directory: Path) -> None:
+            search.save(directory)
+            _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
+            logger.log_json(result.to_dict(), schema.GENOTYPE_ARTIFACT)
+            logger.log_json(_arch_json(arch_record, search), schema.ARCH_ARTIFACT.format(epoch=epoch))
+            if decision is not None:
+                _record_decision(logger, decision, index=len(search.stopper.decisions) - 1)
+            folders = picture_folders(epoch, config.picture_interval, final)
+            if folders:
+                _log_pictures(logger, search, result, folders, epoch, step)
+
+        report_epoch(context, metrics, write)
+        previous = metrics["genotype_hash"]
         if decision is not None and decision.ends_search:
             break
 
@@ -115,10 +92,10 @@ def search_worker(loop_config: dict[str, Any]) -> None:
 def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: dict, step: int, previous: str | None) -> None:
     logger.log_metrics({**metrics, "val_iou": per_class}, step=step)  # drops the non-numbers (genotype JSON)
     epoch = metrics["epoch"]
-    logger.log_json(genotype, f"genotypes/epoch_{epoch:03d}.json")
+    logger.log_json(genotype, schema.EPOCH_GENOTYPE_ARTIFACT.format(epoch=epoch))
     if previous is not None and previous != metrics["genotype_hash"]:
-        logger.set_tags({f"genotype_changed.epoch_{epoch:03d}": metrics["genotype_hash"]})
-    logger.set_tags({"genotype_hash": metrics["genotype_hash"], "last_epoch": epoch})
+        logger.set_tags({f"{schema.GENOTYPE_CHANGED_TAG}.epoch_{epoch:03d}": metrics["genotype_hash"]})
+    logger.set_tags({schema.GENOTYPE_HASH_TAG: metrics["genotype_hash"], schema.LAST_EPOCH_TAG: epoch})
 
 
 def picture_folders(epoch: int, interval: int, final: bool) -> list[str]:
@@ -167,7 +144,7 @@ def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype,
 
 def _record_decision(logger: RunLogger, decision: StopDecision, index: int) -> None:
     """Tags and a JSON artifact saying what RobustDARTS decided, at which epochs, and why."""
-    logger.log_json(decision.to_dict(), f"early_stop/decision_{index:02d}.json")
+    logger.log_json(decision.to_dict(), schema.EARLY_STOP_ARTIFACT.format(index=index))
     logger.set_tags({
         "early_stop.mode": decision.mode,
         "early_stop.stop_epoch": decision.stop_epoch + 1,

@@ -4,39 +4,38 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from nasplat.runtime.driver import TrialStart
 from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
+from nasplat.runtime.worker import worker_loop_config
 from nasplat.training.storage import run_location
 from nasplat.tracking.logger import RunLogger
 
 
 def fit_trial(
     worker: Callable[[dict[str, Any]], None],
-    loop_config: dict[str, Any],
-    config: Any,
-    per_worker: dict[str, float],
-    trial_id: str,
-    run_id: str,
+    trial: TrialStart,
     datasets: dict[str, Any] | None = None,
+    **extras: Any,
 ) -> None:
     """Run ``worker`` on ``config.workers`` Ray Train workers (gloo on CPU, NCCL with GPUs).
 
-    ``config`` is a SearchConfig or RetrainConfig: its workers, gpus_per_worker, placement_strategy,
-    storage, name, max_failures and tracking_uri fields are read. The child MLflow run ``run_id`` ends
-    FINISHED or FAILED with the fit.
+    The workers get the trial's config, its MLflow run and ``extras`` (see :func:`worker_loop_config`). The
+    trial's run ends FINISHED or FAILED with the fit.
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    config, trial_id, run_id = trial.config, trial.trial_id, trial.run_id
     trainer = TorchTrainer(
         worker,
         datasets=datasets,
-        train_loop_config=loop_config,
+        train_loop_config=worker_loop_config(config, run_id, **extras),
         torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpus_per_worker > 0,
-            resources_per_worker=per_worker,
+            resources_per_worker=trial.per_worker,
             placement_strategy=config.placement_strategy,
         ),
         run_config=RunConfig(

@@ -7,12 +7,10 @@ workers), decodes the genotype and saves/restores everything needed to resume.
 from __future__ import annotations
 
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
@@ -23,8 +21,12 @@ from nasplat.searching.config import SearchConfig
 from nasplat.data.sources import SearchData, search_data
 from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.spaces.genotype import Genotype
-from nasplat.training.metrics import IGNORE_INDEX, ConfusionMatrix
-from nasplat.searching.robust import EarlyStopConfig, EarlyStopper, StopDecision, dominant_hessian_eigenvalue
+from nasplat.training.checkpoints import atomic_save, load_state
+from nasplat.training.evaluation import evaluate_model, validation_loader
+from nasplat.training.metrics import IGNORE_INDEX
+from nasplat.training.seeding import seed_everything
+from nasplat.searching.early_stop import EarlyStopConfig, EarlyStopper, StopDecision
+from nasplat.searching.hessian import dominant_hessian_eigenvalue
 from nasplat.spaces.registry import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
@@ -52,12 +54,6 @@ def early_stop_config(config: SearchConfig) -> EarlyStopConfig | None:
         return EarlyStopConfig.preset(config.early_stop, mode=config.early_stop_mode, **config.early_stop_options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config field 'early_stop_options': {err}") from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def architecture_entropy(distributions: dict[str, torch.Tensor]) -> float:
@@ -104,9 +100,11 @@ class SupernetSearch:
             self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn, order=config.order, grad_clip=config.grad_clip
         )
         self.loaders = {  # only for the splits no stream (e.g. Ray Data) replaces
-            name: self._loader(getattr(self.data, name), shuffle=name != "val")
-            for name in ("train_a", "train_b", "val") if name not in self.streams
+            name: self._loader(getattr(self.data, name), shuffle=True)
+            for name in ("train_a", "train_b") if name not in self.streams
         }
+        if "val" not in self.streams:
+            self.loaders["val"] = validation_loader(self.data.val, config.batch_size)
         self.epoch = 0
         self.epochs_trained = 0  # counts rolled-back epochs too: the step of logged metrics
         self.stopper = self._make_stopper()
@@ -146,8 +144,9 @@ class SupernetSearch:
     def train_epoch(self) -> dict[str, float]:
         """One pass over split A, pairing each batch with a fresh batch of split B."""
         self.model.train()
-        for loader in self.loaders.values():
-            loader.sampler.set_epoch(self.epoch)
+        for name in ("train_a", "train_b"):
+            if name in self.loaders:
+                self.loaders[name].sampler.set_epoch(self.epoch)
         started, samples = time.perf_counter(), 0
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         steps = 0
@@ -171,29 +170,10 @@ class SupernetSearch:
         self.epoch += 1
         return result
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Validation loss and mIoU over the whole val split (all workers' shards)."""
+        """Validation loss (per labelled pixel) and mIoU over the whole val split, each sample counted once."""
         average_buffers_(self.model)
-        self.model.eval()
-        matrix = ConfusionMatrix(self.data.num_classes)
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors
-        for images, masks in self._batches("val"):
-            logits = self.model(images.to(self.device))
-            masks = masks.to(self.device)
-            loss_sum[0] += self.loss_fn(logits, masks).double() * images.shape[0]
-            loss_sum[1] += images.shape[0]
-            matrix.update(logits.argmax(1), masks)
-        matrix.all_reduce()
-        if world_size() > 1:
-            torch.distributed.all_reduce(loss_sum)
-        iou = matrix.iou()
-        return {
-            "val_loss": float(loss_sum[0] / loss_sum[1].clamp_min(1)),
-            "val_miou": matrix.miou(),
-            "val_pixel_acc": matrix.pixel_accuracy(),
-            "val_iou": {name: float(v) for name, v in zip(self.data.class_names, iou)},
-        }
+        return evaluate_model(self.model, self._batches("val"), self.data.class_names, device=self.device)
 
     def check_early_stop(self) -> tuple[float | None, StopDecision | None]:
         """RobustDARTS after an epoch: maybe compute the eigenvalue, apply the rule, roll back for ADA."""
@@ -203,12 +183,15 @@ class SupernetSearch:
         eigenvalue = None
         if self.stopper.should_evaluate(epoch):
             self.model.train()  # the authors compute it in train mode
+            # the reference preset always adds the architecture weight decay (+wd I), as analyze.py
+            with_decay = self.config.hessian_arch_weight_decay or self.stopper.config.hessian_weight_decay
             eigenvalue = dominant_hessian_eigenvalue(
                 self.model, self.loss_fn, self.hessian_batches, iterations=self.config.hessian_iterations,
-                arch_weight_decay=self.config.arch_weight_decay if self.config.hessian_arch_weight_decay else 0.0,
+                arch_weight_decay=self.config.arch_weight_decay if with_decay else 0.0,
                 which=EIGENVALUE_KIND[self.config.early_stop],
             )
-        decision = self.stopper.update(epoch, eigenvalue, self.genotype().to_dict())
+        final = epoch == self.config.epochs - 1
+        decision = self.stopper.update(epoch, eigenvalue, self.genotype().to_dict(), final=final)
         if self.stopper.config.mode == "ada":
             self._snapshot(epoch)
             if decision is not None:
@@ -286,14 +269,7 @@ class SupernetSearch:
         self.arch_history = list(state.get("arch_history", []))  # absent in older checkpoints
 
     def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CHECKPOINT_FILE
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
-        return path
+        return atomic_save(self.state_dict(), Path(directory) / CHECKPOINT_FILE)
 
     def restore(self, directory: str | Path) -> None:
-        path = Path(directory) / CHECKPOINT_FILE
-        # on the CPU: load_state_dict moves weights and optimiser state to the parameters' device, and the
-        # torch RNG state must stay a CPU tensor
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        self.load_state_dict(load_state(Path(directory) / CHECKPOINT_FILE))

@@ -1,0 +1,91 @@
+"""A search on the experiment skeleton: Tune trials (one per seed) of Ray Train supernet searches.
+
+Only what is the search's own lives here: checking the space and early-stop rule before Ray starts, the
+trial's Ray Data inputs, ASHA over seeds, the progress line, and recording the best trial's genotype.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray import tune
+
+from nasplat.data.shard_reader import verify_shards
+from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
+from nasplat.runtime.progress import TrialProgress
+from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
+from nasplat.runtime.search_worker import search_worker
+from nasplat.runtime.trial_trainer import fit_trial
+from nasplat.searching.config import SearchConfig
+from nasplat.searching.loop import early_stop_config
+from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
+from nasplat.tracking import schema
+from nasplat.tracking.logger import RunLogger
+from nasplat.training.result import ExperimentResult
+from nasplat.training.storage import write_bytes
+
+
+def search_trial(trial_config: dict[str, Any]) -> None:
+    """Tune trainable: one child MLflow run and one ``TorchTrainer`` fit."""
+    trial = start_trial(trial_config, SearchConfig)
+    fit_trial(search_worker, trial, datasets=search_datasets(trial.config) if uses_ray_data(trial.config) else None)
+
+
+class SearchProgress(TrialProgress):
+    """One line per epoch of a search trial, and a line when RobustDARTS stops it."""
+
+    def epoch_line(self, result: dict[str, Any]) -> str:
+        nan = float("nan")
+        return (
+            f"train_loss {result.get('train_loss', nan):.4f} | val_loss {result.get('val_loss', nan):.4f} | "
+            f"val_mIoU {result.get('val_miou', nan):.4f} | arch_entropy {result.get('arch_entropy', nan):.4f} | "
+            f"{result.get('epoch_time_s', nan):.1f}s | genotype {result.get('genotype_hash', '?')}"
+            + (f" | hessian_eig {result['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in result else "")
+        )
+
+    def extra_lines(self, trial_id: str, result: dict[str, Any]) -> list[str]:
+        if "early_stop_chosen_epoch" not in result:
+            return []
+        return [f"trial {trial_id}: RobustDARTS triggered at epoch {int(result['early_stop_epoch'])}, architecture "
+                f"of epoch {int(result['early_stop_chosen_epoch'])} chosen (reason in MLflow tag early_stop.reason)"]
+
+
+def prepare_search(config: SearchConfig) -> SearchConfig:
+    """Resolve paths and check what can be checked before Ray starts (space, early-stop rule, shards)."""
+    name, source = resolve_space_spec(config.space)
+    config = resolve_paths(config, f"search-{name}", space=f"{source}:{name}" if source else name)
+    get_space(config.space)
+    early_stop_config(config)
+    if uses_ray_data(config):
+        verify_shards(config.dataset.split(":", 1)[1])
+    return config
+
+
+def run_search(config: SearchConfig, argv: list[str] | None = None) -> ExperimentResult:
+    """Run a complete search (or resume one of the same name) and return the best trial's genotype."""
+    config = prepare_search(config)
+    param_space: dict[str, Any] = {}
+    scheduler = None
+    if config.trials > 1:
+        param_space["seed"] = tune.grid_search([config.seed + i for i in range(config.trials)])
+        max_t = config.epochs * (10 if config.early_stop_mode == "ada" else 1)
+        scheduler = tune.schedulers.ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                                  grace_period=max(1, config.epochs // 4))
+    experiment = Experiment(
+        config, schema.SEARCH, search_trial, SearchProgress(config.epochs, config.name),
+        parent_tags={schema.SPACE_TAG: config.space}, param_space=param_space, scheduler=scheduler,
+        reserve_cpus=RESERVED_CPUS if uses_ray_data(config) else 0.0, argv=argv,
+    )
+    run = run_experiment(experiment)
+    best = run.best("genotype")
+    genotype = genotype_from_dict(json.loads(best.metrics["genotype"]))
+    best_run_id = run.trial_run_id(best)
+    parent = RunLogger(config.tracking_uri, run.parent_run_id)
+    parent.log_metrics({"best_val_miou": best.metrics["val_miou"]}, step=int(best.metrics["epoch"]))
+    parent.log_json(genotype.to_dict(), schema.GENOTYPE_ARTIFACT)
+    parent.set_tags({schema.BEST_TRIAL_RUN_TAG: best_run_id, schema.GENOTYPE_HASH_TAG: genotype.short_hash()})
+    parent.finish("FAILED" if run.errors() else "FINISHED")
+    write_bytes(f"{run.run_dir}/{schema.GENOTYPE_ARTIFACT}", (genotype.to_json() + "\n").encode())
+    metrics = {"best_val_miou": float(best.metrics["val_miou"]), "arch_entropy": best.metrics.get("arch_entropy"),
+               "epoch": int(best.metrics["epoch"])}
+    return ExperimentResult(genotype, run.parent_run_id, metrics, best_run_id, config.tracking_uri, run.run_dir)

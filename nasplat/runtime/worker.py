@@ -1,0 +1,89 @@
+"""What every Ray Train worker of a trial does around its loop: start-up, restore, and the per-epoch report.
+
+The loop (search or retrain) is plain PyTorch; this module gives it its config, device and threads, the
+MLflow logger on rank 0, the checkpoint to resume from, and writes each epoch's checkpoint before
+``ray.train.report`` (rank 0 only writes files and records; every rank reports).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import ray
+import ray.train
+import torch
+
+from nasplat.tracking.logger import RunLogger
+from nasplat.tracking.schema import WORKER_NODE_TAG
+from nasplat.training.config import ExperimentConfig
+
+RUN_ID_KEY = "_nasplat_run_id"
+TRACKING_KEY = "_nasplat_tracking_uri"
+
+
+class Restorable(Protocol):
+    epoch: int
+
+    def restore(self, directory: str | Path) -> None: ...
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    """One worker's view of its trial."""
+
+    config: Any
+    extras: dict[str, Any]
+    rank: int
+    device: torch.device
+    logger: RunLogger | None
+    """The trial's MLflow run, on rank 0 only."""
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+
+def worker_loop_config(config: ExperimentConfig, run_id: str, **extras: Any) -> dict[str, Any]:
+    """The ``train_loop_config`` a trial hands its workers: the config, the trial's run and ``extras``."""
+    return {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri, **extras}
+
+
+def start_worker(loop_config: dict[str, Any], config_type: type[ExperimentConfig],
+                 extra_keys: tuple[str, ...] = ()) -> WorkerContext:
+    """Parse the loop config, set threads and device, tag the run with this worker's node, open the logger."""
+    logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
+    loop_config = dict(loop_config)
+    run_id = loop_config.pop(RUN_ID_KEY)
+    tracking_uri = loop_config.pop(TRACKING_KEY)
+    extras = {key: loop_config.pop(key) for key in extra_keys}
+    config = config_type.from_dict(loop_config)
+    torch.set_num_threads(max(1, int(config.cpus_per_worker or 1)))
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
+    RunLogger(tracking_uri, run_id).set_tags({f"{WORKER_NODE_TAG}.{rank}": ray.get_runtime_context().get_node_id()})
+    logger = RunLogger(tracking_uri, run_id) if rank == 0 else None
+    return WorkerContext(config, extras, rank, device, logger)
+
+
+def restore_latest(context: WorkerContext, loop: Restorable) -> None:
+    """Load the trial's latest checkpoint into ``loop`` when Ray Train hands one over (resume or restart)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as directory:
+        loop.restore(directory)
+    if context.is_rank0:
+        print(f"[nasplat] resumed from {checkpoint.path} at epoch {loop.epoch}", flush=True)
+
+
+def report_epoch(context: WorkerContext, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:
+    """Rank 0 runs ``write(directory)`` (checkpoint files and records), then every rank reports ``metrics``
+    with rank 0's directory as the checkpoint; Ray copies it to the run's storage before ``report`` returns."""
+    with tempfile.TemporaryDirectory(prefix="nasplat-epoch-") as directory:
+        if context.is_rank0:
+            write(Path(directory))
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if context.is_rank0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,117 @@
+"""Questions the reading commands ask of a store: the latest search, a search's genotype, a retrain's model run."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.entities import Run
+
+from nasplat.spaces.genotype import GenotypeError
+from nasplat.spaces.registry import load_genotype
+from nasplat.tracking import schema
+from nasplat.tracking.runs import client
+from nasplat.training.config import ConfigError
+
+
+def get_run(tracking_uri: str, run_id: str, field: str) -> Run:
+    """The run ``run_id``; ConfigError naming ``field`` and the store when there is none."""
+    try:
+        return client(tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"{field}: no MLflow run {run_id!r} in {tracking_uri}") from None
+
+
+def latest_search_run(tracking_uri: str, experiment: str) -> str | None:
+    """The id of the most recently started finished search (parent run) in ``experiment``."""
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{schema.KIND_TAG}` = '{schema.SEARCH}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def genotype_file_dict(path: str | Path) -> dict:
+    """A genotype file's content, validated against its (registered) space; errors name the file."""
+    try:
+        return load_genotype(path).to_dict()
+    except GenotypeError as err:
+        if err.field == "<file>" and err.problem == "no such file":
+            raise FileNotFoundError(f"genotype file not found: {path}") from None
+        raise ConfigError(str(err)) from None
+
+
+def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, str]]:
+    """The genotype a search run holds, and lineage tags: a search parent run or one of its trial runs."""
+    tags = get_run(tracking_uri, run_id, "config field 'from_run'").data.tags
+    kind = tags.get(schema.KIND_TAG)
+    if kind == schema.SEARCH:
+        lineage = {schema.SEARCH_RUN_TAG: run_id, schema.TRIAL_RUN_TAG: tags.get(schema.BEST_TRIAL_RUN_TAG, "")}
+    elif kind == schema.SEARCH_TRIAL:
+        lineage = {schema.SEARCH_RUN_TAG: tags.get(schema.PARENT_TAG, ""), schema.TRIAL_RUN_TAG: run_id}
+    else:
+        raise ConfigError(f"config field 'from_run': run {run_id} is a {kind or 'non-nasplat'} run, "
+                          "not a search (parent) run or a search trial run")
+    with tempfile.TemporaryDirectory(prefix="nasplat-genotype-") as tmp:
+        try:
+            path = client(tracking_uri).download_artifacts(run_id, schema.GENOTYPE_ARTIFACT, tmp)
+        except (MlflowException, OSError):
+            raise ConfigError(f"config field 'from_run': run {run_id} has no {schema.GENOTYPE_ARTIFACT} artifact "
+                              "(an unfinished search?)") from None
+        genotype = genotype_file_dict(path)
+    return genotype, {k: v for k, v in lineage.items() if v}
+
+
+def model_run(tracking_uri: str, run_id: str, field: str = "--run") -> Run:
+    """The run holding a retrain's best model: ``run_id`` itself, or for a retrain parent run the trial run named
+    by its ``nasplat.model_run`` tag."""
+    run = get_run(tracking_uri, run_id, field)
+    if run.data.tags.get(schema.KIND_TAG) != schema.RETRAIN:
+        return run
+    target = run.data.tags.get(schema.MODEL_RUN_TAG)
+    if target is None:
+        raise ConfigError(f"{field}: retrain run {run_id} has no best model yet (tag {schema.MODEL_RUN_TAG} missing)")
+    return get_run(tracking_uri, target, field)
+
+
+def download_best_model(tracking_uri: str, run_id: str, directory: str | Path, field: str = "--run") -> Path:
+    """Download the best model file of a retrain (parent or trial run) into ``directory``."""
+    holder = model_run(tracking_uri, run_id, field).info.run_id
+    try:
+        return Path(client(tracking_uri).download_artifacts(holder, schema.BEST_MODEL_ARTIFACT, str(directory)))
+    except (MlflowException, OSError):
+        raise ConfigError(f"{field}: run {holder} has no {schema.BEST_MODEL_ARTIFACT} artifact "
+                          "(not a retrain run?)") from None
+
+
+def logged_model(tracking_uri: str, run_id: str) -> tuple[str, str]:
+    """``(model_id, run id holding it)`` for ``run_id``, following ``nasplat.model_run`` once.
+
+    Among several logged models of a run, the one named ``model`` wins, then the newest. Raises ConfigError
+    naming the run when there is no such run or no model.
+    """
+    run = get_run(tracking_uri, run_id, "--run")
+    models = client(tracking_uri).search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+    )
+    if models:
+        named = [m for m in models if m.name == schema.LOGGED_MODEL_NAME]
+        return (named or list(models))[0].model_id, run_id
+    target = run.data.tags.get(schema.MODEL_RUN_TAG)
+    if target and target != run_id:
+        try:
+            model_id, _ = logged_model(tracking_uri, target)
+        except ConfigError as err:
+            raise ConfigError(f"run {run_id} points to its model run with {schema.MODEL_RUN_TAG}={target}, "
+                              f"but: {err}") from None
+        return model_id, target
+    raise ConfigError(
+        f"run {run_id} ({run.info.run_name}) holds no logged model and has no {schema.MODEL_RUN_TAG} tag; "
+        "export takes a retrain run (or its parent run), not a search run"
+    )

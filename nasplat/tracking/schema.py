@@ -1,0 +1,54 @@
+"""Every MLflow tag, param and artifact path nasplat writes or reads, named once.
+
+Runs: one parent run per search or retrain (``KIND_TAG`` = ``SEARCH`` / ``RETRAIN``) and one child run per
+Tune trial (``SEARCH_TRIAL`` / ``RETRAIN_TRIAL``). docs/tracking.md lists what each holds.
+"""
+from __future__ import annotations
+
+# run kinds (values of KIND_TAG)
+SEARCH = "search"
+SEARCH_TRIAL = "search-trial"
+RETRAIN = "retrain"
+RETRAIN_TRIAL = "retrain-trial"
+TRIAL_KIND = {SEARCH: SEARCH_TRIAL, RETRAIN: RETRAIN_TRIAL}
+
+# identity and provenance
+KIND_TAG = "nasplat.kind"
+RUN_NAME_TAG = "nasplat.run_name"
+TRIAL_ID_TAG = "nasplat.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+COMMAND_TAG = "nasplat.command"
+VERSION_TAG = "nasplat.version"
+GIT_COMMIT_TAG = "nasplat.git_commit"
+RAY_JOB_TAG = "nasplat.ray_job_id"
+WORKER_NODE_TAG = "nasplat.worker_node"
+"""Trial-run tag prefix: ``nasplat.worker_node.<rank>`` = the Ray node id that worker ran on."""
+
+# what a run is about
+SPACE_TAG = "nasplat.space"
+MODEL_TAG = "nasplat.model"
+GENOTYPE_HASH_TAG = "genotype_hash"
+BEST_TRIAL_RUN_TAG = "nasplat.best_trial_run"
+BEST_EPOCH_TAG = "best_epoch"
+LAST_EPOCH_TAG = "last_epoch"
+GENOTYPE_CHANGED_TAG = "genotype_changed"
+"""Prefix: ``genotype_changed.epoch_NNN`` = the new genotype hash at that epoch."""
+
+# lineage of a retrain
+SEARCH_RUN_TAG = "nasplat.source_search_run"
+TRIAL_RUN_TAG = "nasplat.source_trial_run"
+GENOTYPE_FILE_TAG = "nasplat.source_genotype_file"
+MODEL_RUN_TAG = "nasplat.model_run"
+MODEL_URI_TAG = "nasplat.model_uri"
+REGISTERED_MODEL_TAG = "nasplat.registered_model"
+
+# artifacts
+GENOTYPE_ARTIFACT = "genotype.json"
+EPOCH_GENOTYPE_ARTIFACT = "genotypes/epoch_{epoch:03d}.json"
+ARCH_ARTIFACT = "arch/epoch_{epoch:03d}.json"
+EARLY_STOP_ARTIFACT = "early_stop/decision_{index:02d}.json"
+BEST_MODEL_DIR = "checkpoints"
+BEST_MODEL_ARTIFACT = f"{BEST_MODEL_DIR}/best_model.pt"
+CONFUSION_ARTIFACT = f"{BEST_MODEL_DIR}/confusion_matrix.json"
+LOGGED_MODEL_NAME = "model"
+"""The ``name=`` of the retrained model logged with ``mlflow.pytorch.log_model``."""
