@@ -1,7 +1,7 @@
 """Data-loading throughput: plain torch DataLoader vs Ray Data over the same Parquet shards.
 
 Builds a shard set once (``--samples`` synthetic scenes of ``--size`` pixels, written as PNG
-files and packed with :func:`nasplat.data.shards.prepare_shards`; ``--shards DIR`` reuses or
+files and packed with :func:`nasplat.data.shard_writer.prepare_shards`; ``--shards DIR`` reuses or
 fills a directory instead of a temp dir), then reads ``--epochs`` epochs with two consumers,
 the same augmentation (``SegmentationAugment(crop, train=True)``) and the same batch size:
 
@@ -50,13 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nasplat.data import SyntheticScenes
 from nasplat.data.records import SampleRecord, load_sample
-from nasplat.data.shards import (
-    MANIFEST_NAME,
-    ShardDataset,
-    prepare_shards,
-    ray_dataset,
-    read_manifest,
-)
+from nasplat.data.shard_format import MANIFEST_NAME, read_manifest
+from nasplat.data.shard_reader import ShardDataset
+from nasplat.data.shard_writer import prepare_shards
 from nasplat.data.transforms import SegmentationAugment
 
 SPLIT = "train"
@@ -75,7 +71,7 @@ def build_shards(out: Path, samples: int, size: int, max_shard_bytes: int | None
         m = read_manifest(out)
         if m.splits.get(SPLIT) is not None and m.split(SPLIT).samples == samples:
             return out
-    raw = out / "_png"
+    raw = out.with_name(out.name + "-png")  # beside the shards: prepare refuses files it did not write
     raw.mkdir(parents=True, exist_ok=True)
     scenes = SyntheticScenes(samples, size=(size, size), num_classes=NUM_CLASSES, seed=seed)
     records = []
@@ -188,9 +184,11 @@ def run_ray(root: Path, crop: int, batch_size: int, epochs: int, cache: bool, ui
     ``ray_dataset``, plus build seconds."""
     import ray
 
+    from nasplat.runtime.ray_data import ray_dataset
+
     t0 = time.monotonic()
     transform = make_transform(crop)
-    ds = ray_dataset(root, SPLIT, transform, cache=cache, seed=0, uint8=uint8, verify=False)
+    ds = ray_dataset(root, SPLIT, transform, cache=cache, seed=0, uint8=uint8)
     ds = ds.drop_columns(["sample_id"])
     build_s = time.monotonic() - t0
     Consumer = _consumer_cls()

@@ -14,10 +14,12 @@ from nasplat.data.cityscapes import (
     LABEL_ID_TO_TRAIN_ID,
     cityscapes_records,
 )
-from nasplat.data.records import SampleRecord, load_sample
-from nasplat.data.shards import DEFAULT_MAX_SHARD_BYTES, Manifest, prepare_shards
+from nasplat.data.records import SampleRecord, read_sample
+from nasplat.data.shard_format import DEFAULT_MAX_SHARD_BYTES, Manifest
+from nasplat.data.shard_writer import prepare_shards
 from nasplat.data.synthetic import SyntheticScenes
 from nasplat.data.voc import AUG_SPLIT, VOC_CLASSES, voc_has_split, voc_records
+from nasplat.training.config import ConfigError
 
 SOURCES = ("voc", "cityscapes", "synthetic")
 
@@ -35,13 +37,17 @@ def prepare(
     synthetic_samples: tuple[int, int] = (384, 64), image_size: int = 64, seed: int = 0,
     progress: Callable[[str], None] | None = print,
 ) -> Manifest:
-    """Write ``out`` (shards + manifest.json) from ``source``; errors name the file at fault."""
+    """Write ``out`` (shards + manifest.json) from ``source``; errors name the file at fault.
+
+    Options that cannot work raise ConfigError (one line, before anything is read or written).
+    """
     if source not in SOURCES:
-        raise ValueError(f"unknown data source {source!r}; available: {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown data source {source!r}; available: {', '.join(SOURCES)}")
     if source == "synthetic":
         return _prepare_synthetic(out, synthetic_samples, image_size, seed, skip_bad, max_shard_bytes, progress)
     if not root:
-        raise ValueError(f"`nasplat data prepare {source}` needs --root (the folder holding the official layout)")
+        raise ConfigError(f"`nasplat data prepare {source}` needs --root DIR, the folder holding the dataset "
+                          "in its official layout (see docs/data.md)")
     splits = list(splits or default_splits(source, root))
     if source == "voc":
         records = [r for split in splits for r in voc_records(root, split)]
@@ -53,10 +59,10 @@ def prepare(
 
 
 def _prepare_records(records, out, dataset, names, label_map, skip_bad, max_shard_bytes, progress) -> Manifest:
-    """Shard ``records``; the writing pass re-reads images without decoding them (pass 1 did)."""
-    load = functools.partial(load_sample, label_map=label_map, num_classes=len(names))
+    """Shard ``records``: files are read unchecked, ``prepare_shards`` checks each sample once."""
+    load = functools.partial(read_sample, label_map=label_map)
     return prepare_shards(records, load, out, dataset=dataset, class_names=names, max_shard_bytes=max_shard_bytes,
-                          skip_bad=skip_bad, progress=progress, reload=functools.partial(load, check_image=False))
+                          skip_bad=skip_bad, progress=progress)
 
 
 def _prepare_synthetic(out, samples, image_size, seed, skip_bad, max_shard_bytes, progress) -> Manifest:

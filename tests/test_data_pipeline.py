@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from nasplat.data.cityscapes import LABEL_ID_TO_TRAIN_ID, cityscapes_records
 from nasplat.data.fixtures import make_cityscapes_fixture, make_voc_fixture
 from nasplat.data.records import DataError, load_sample
-from nasplat.data.shards import ShardDataset, decode_mask
+from nasplat.data.shard_format import decode_mask
+from nasplat.data.shard_reader import ShardDataset
 from nasplat.data.sources import search_data
 from pipelines.cli import main
 
@@ -88,3 +89,49 @@ def test_search_data_errors_name_the_problem(tmp_path):
         search_data("coco", 16, 0, 0, 0)
     with pytest.raises(DataError, match="dataset root not found"):
         search_data("voc", 16, 0, 0, 0, data_root=str(tmp_path / "missing"))
+
+
+def test_prepare_without_root_is_one_clear_line(tmp_path, capsys):
+    assert main(["data", "prepare", "voc", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("nasplat: error: `nasplat data prepare voc` needs --root DIR")
+    assert not (tmp_path / "o").exists()
+
+
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "train-00000.parquet", "subfolder"])
+def test_prepare_refuses_a_folder_with_foreign_files_and_deletes_nothing(tmp_path, capsys, foreign):
+    out = tmp_path / "shards"
+    out.mkdir()
+    if foreign == "subfolder":
+        (out / foreign).mkdir()
+        (out / foreign / "keep.png").write_bytes(b"mine")
+    else:  # a shard-like name is foreign too unless an earlier prepare recorded it
+        (out / foreign).write_bytes(b"not written by nasplat")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = ["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "4", "2", "--image-size", "16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds {foreign}, which `nasplat data prepare` did not write" in err
+    assert "nothing was deleted" in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_prepare_refuses_another_datasets_folder_and_resumes_its_own(tmp_path, capsys):
+    out = tmp_path / "shards"
+    cityscapes = ["data", "prepare", "cityscapes", "--root", str(make_cityscapes_fixture(tmp_path / "cs")),
+                  "--out", str(out)]
+    assert main(cityscapes) == 0
+    before = _listing(out)
+    assert main(["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "4", "2",
+                 "--image-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds the shards of another dataset ('cityscapes'" in err
+    assert _listing(out) == before  # nothing deleted or rewritten
+    assert main(cityscapes) == 0  # the same dataset again: every shard reused, nothing refused
+    assert _listing(out) == before
+    assert "reused train-00000.parquet" in capsys.readouterr().out

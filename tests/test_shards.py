@@ -1,4 +1,5 @@
-"""Tests for Parquet shards (nasplat.data.shards) and SegmentationAugment."""
+"""Tests for Parquet shards (nasplat.data.shard_format, shard_writer, shard_reader; the Ray Data reader in
+nasplat.runtime.ray_data) and SegmentationAugment."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import pickle
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +21,18 @@ import torch
 from PIL import Image
 
 from nasplat.data import SyntheticScenes
-from nasplat.data.shards import (
+from nasplat.data.shard_format import (
     MANIFEST_NAME,
+    PROGRESS_NAME,
     SCHEMA,
-    ShardDataset,
     ShardError,
     decode_image,
     decode_mask,
-    prepare_shards,
-    ray_dataset,
     read_manifest,
-    sample_generator,
-    verify_shards,
 )
-from nasplat.data.transforms import SegmentationAugment
+from nasplat.data.shard_reader import ShardDataset, verify_shards
+from nasplat.data.shard_writer import prepare_shards
+from nasplat.data.transforms import SegmentationAugment, sample_generator
 
 NUM_CLASSES = 6
 CLASS_NAMES = SyntheticScenes(1, num_classes=NUM_CLASSES).class_names
@@ -298,8 +300,11 @@ def test_interrupted_prepare_resumes(records: list[Record], shard_dir: Path, tmp
     assert 0 < len(partial) < len(_checksums(shard_dir))
     with pytest.raises(ShardError, match="no manifest.json"):
         verify_shards(out)
-    (out / "train-00001.parquet.tmp").write_bytes(b"half a shard")  # stale temp file
-    (out / "val-00042.parquet").write_bytes(b"stale shard of an older run")
+    (out / "train-00001.parquet.nasplat-tmp").write_bytes(b"half a shard")  # stale temp file
+    (out / "val-00042.parquet").write_bytes(b"stale shard of an older run")  # recorded, as prepare does
+    progress = json.loads((out / PROGRESS_NAME).read_text())
+    progress["shards"]["val-00042.parquet"] = {"key": "older", "bytes": 27, "sha256": _sha(out / "val-00042.parquet")}
+    (out / PROGRESS_NAME).write_text(json.dumps(progress))
 
     messages: list[str] = []
     resumed = CountingLoader()
@@ -308,7 +313,7 @@ def test_interrupted_prepare_resumes(records: list[Record], shard_dir: Path, tmp
     assert manifest.to_dict() == read_manifest(shard_dir).to_dict()
     assert sum(m.startswith("reused") for m in messages) == len(partial)
     assert resumed.calls < 2 * n  # the reused shards were not loaded again
-    assert not list(out.glob("*.tmp")) and not (out / "val-00042.parquet").exists()
+    assert not list(out.glob("*tmp")) and not (out / "val-00042.parquet").exists()
     verify_shards(out)
 
 
@@ -373,6 +378,8 @@ def test_shard_dataset_transform_gets_uint8_arrays(shard_dir: Path) -> None:
 @pytest.mark.slow
 def test_ray_data_two_workers_see_each_sample_once(records: list[Record], shard_dir: Path) -> None:
     ray = pytest.importorskip("ray")
+    from nasplat.runtime.ray_data import ray_dataset
+
     if ray.is_initialized():
         pytest.skip("Ray is already initialised in this process")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -438,6 +445,80 @@ def test_ray_data_two_workers_see_each_sample_once(records: list[Record], shard_
             assert np.array_equal(rows[sample_id]["mask"], mask.numpy())
     finally:
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------- verified once per process
+
+
+def _flip_byte_keep_stat(path: Path) -> None:
+    """Corrupt one byte in place, keeping size and modification time (a change the stat check misses)."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_readers_hash_each_split_once_per_process(records: list[Record], tmp_path: Path, monkeypatch) -> None:
+    import nasplat.data.shard_reader as shard_reader
+
+    out = tmp_path / "shards"
+    manifest = _prepare(records, out)
+    hashed: list[str] = []
+    real = shard_reader.file_sha256
+    monkeypatch.setattr(shard_reader, "file_sha256", lambda path: hashed.append(Path(path).name) or real(path))
+    ShardDataset(out, "val")
+    assert sorted(hashed) == sorted(s.file for s in manifest.split("val").shards)
+    hashed.clear()
+    ShardDataset(out, "val")
+    assert hashed == []  # already verified in this process
+    lazy = ShardDataset(out, "train", defer_verify=True)
+    assert hashed == []  # nothing read yet
+    lazy[0]
+    assert sorted(hashed) == sorted(s.file for s in manifest.split("train").shards)
+    hashed.clear()
+    lazy[1], ShardDataset(out, "train")[0]
+    assert hashed == []
+    victim = manifest.files("val")[0]
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    ShardDataset(out, "val")  # a file whose size or time changed is hashed again
+    assert hashed == [victim.name]
+
+
+def test_fresh_process_detects_a_shard_corrupted_after_verification(records: list[Record], tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    _prepare(records, out)
+    ShardDataset(out, "train")  # verified (and cached) in this process
+    victim = read_manifest(out).files("train")[1]
+    _flip_byte_keep_stat(victim)
+    probe = ("import sys\nfrom nasplat.data.shard_reader import ShardDataset\n"
+             "from nasplat.data.shard_format import ShardError\n"
+             "try:\n    ShardDataset(sys.argv[1], 'train')\n"
+             "except ShardError as err:\n    print(err)\n    sys.exit(3)\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 3, done.stderr
+    assert f"{victim}: sha256 is" in done.stdout
+    lazy = ShardDataset(out, "train", defer_verify=True)
+    pickle.loads(pickle.dumps(lazy))  # a copy for another process carries no verification with it
+    with pytest.raises(ShardError, match=rf"{victim.name}: sha256 is"):
+        verify_shards(out, ["train"])  # the explicit check always hashes, and the failure is remembered
+    with pytest.raises(ShardError, match=rf"{victim.name}: sha256 is"):
+        ShardDataset(out, "train")
+
+
+def test_ray_data_reader_verifies_before_reading(records: list[Record], tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from nasplat.runtime.ray_data import ray_dataset
+
+    out = tmp_path / "shards"
+    _prepare(records, out)
+    victim = read_manifest(out).files("val")[0]
+    _flip_byte_keep_stat(victim)
+    started = ray.is_initialized()
+    with pytest.raises(ShardError, match=rf"{victim.name}: sha256 is"):
+        ray_dataset(out, "val")
+    assert ray.is_initialized() == started  # refused before Ray was needed
 
 
 # --------------------------------------------------------------------------- transforms

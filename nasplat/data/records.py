@@ -4,7 +4,10 @@ A :class:`SampleRecord` names one image file and its label mask.  Reading goes
 through :func:`read_image_bytes` and :func:`read_mask`, which fully decode the
 files with PIL and turn every problem (missing file, truncated file, colour
 mask, unknown label value, size mismatch) into a :class:`DataError` that names
-the offending file.
+the offending file.  The checks themselves (:func:`decoded_size`,
+:func:`check_labels`, :func:`check_sizes`) are shared with the shard writer, which
+applies them to whatever its loader returns (e.g. :func:`read_sample`, which
+reads without checking).
 
 Masks are returned as uint8 ``[H, W]`` arrays of *train ids*: ``0..num_classes-1``
 plus ``255`` for "ignore".  Palette ('P') PNGs are read as their palette
@@ -33,9 +36,14 @@ __all__ = [
     "RecordDataset",
     "SampleRecord",
     "Transform",
+    "check_labels",
+    "check_sizes",
+    "decoded_size",
     "load_sample",
     "read_image_bytes",
+    "read_labels",
     "read_mask",
+    "read_sample",
 ]
 
 
@@ -96,14 +104,20 @@ def _open_image(path: str | Path) -> tuple[bytes, Image.Image]:
     return data, _decode(data, path, "image")
 
 
+def decoded_size(data: bytes, path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of encoded image bytes, fully decoded (DataError naming ``path`` if not)."""
+    img = _decode(data, Path(path), "image")
+    return img.height, img.width
+
+
 def read_image_bytes(path: str | Path) -> tuple[bytes, tuple[int, int]]:
     """Return the image file's bytes as on disk and its ``(height, width)``.
 
     The image is fully decoded first, so a truncated or corrupt file raises
     :class:`DataError` here rather than later in a training worker.
     """
-    data, img = _open_image(path)
-    return data, (img.height, img.width)
+    data = _read_bytes(Path(path), "image")
+    return data, decoded_size(data, path)
 
 
 def _check_label_map(label_map: np.ndarray) -> np.ndarray:
@@ -115,16 +129,14 @@ def _check_label_map(label_map: np.ndarray) -> np.ndarray:
     return table
 
 
-def read_mask(path: str | Path, label_map: np.ndarray | None, num_classes: int) -> np.ndarray:
-    """Read a single-channel label mask as uint8 ``[H, W]`` train ids (255 = ignore).
+def read_labels(path: str | Path, label_map: np.ndarray | None) -> np.ndarray:
+    """Read a single-channel label mask as uint8 ``[H, W]`` (``label_map`` applied), unchecked.
 
-    Palette ('P') and grey ('L') PNGs are read as indices without conversion.
+    Palette ('P') and grey ('L') PNGs are read as indices without conversion;
     ``label_map`` (256-entry uint8 lookup table, e.g. Cityscapes labelId ->
-    trainId) is applied when given.  Values outside ``0..num_classes-1`` that
-    are not 255 raise :class:`DataError`, as do colour masks.
+    trainId) is applied when given.  Colour masks raise :class:`DataError`; the
+    label range is not checked (see :func:`check_labels`).
     """
-    if not 1 <= num_classes <= IGNORE_INDEX:
-        raise ValueError(f"num_classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
     path = Path(path)
     img = _decode(_read_bytes(path, "mask"), path, "mask")
     if img.mode not in _INDEX_MODES:
@@ -140,13 +152,28 @@ def read_mask(path: str | Path, label_map: np.ndarray | None, num_classes: int) 
             raise DataError(path, f"label values {_listed(too_big)} do not fit 0..255")
         raw = raw.astype(np.uint8)
     mask = raw if label_map is None else _check_label_map(label_map)[raw]
-    values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    return np.ascontiguousarray(mask, dtype=np.uint8)
+
+
+def check_labels(mask: np.ndarray, num_classes: int, path: str | Path) -> np.ndarray:
+    """The 256-bin histogram of a uint8 train-id mask; DataError naming ``path`` for a value
+    outside ``0..num_classes-1`` that is not 255 (ignore)."""
+    histogram = np.bincount(mask.ravel(), minlength=256)
+    bad = np.flatnonzero(histogram[num_classes:IGNORE_INDEX]) + num_classes
     if bad.size:
         raise DataError(
             path, f"label values {_listed(bad)} outside 0..{num_classes - 1} and not {IGNORE_INDEX}"
         )
-    return np.ascontiguousarray(mask, dtype=np.uint8)
+    return histogram
+
+
+def read_mask(path: str | Path, label_map: np.ndarray | None, num_classes: int) -> np.ndarray:
+    """:func:`read_labels` plus :func:`check_labels`: uint8 ``[H, W]`` train ids (255 = ignore)."""
+    if not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"num_classes must be in [1, {IGNORE_INDEX}], got {num_classes}")
+    mask = read_labels(path, label_map)
+    check_labels(mask, num_classes, path)
+    return mask
 
 
 def _listed(values: np.ndarray) -> str:
@@ -155,7 +182,8 @@ def _listed(values: np.ndarray) -> str:
     return "[" + ", ".join(map(str, shown)) + more + "]"
 
 
-def _check_sizes(record: SampleRecord, image_hw: tuple[int, int], mask: np.ndarray) -> None:
+def check_sizes(record: SampleRecord, image_hw: tuple[int, int], mask: np.ndarray) -> None:
+    """DataError naming the mask (and the image) when their sizes differ."""
     (h, w), (mh, mw) = image_hw, mask.shape
     if (h, w) != (mh, mw):
         raise DataError(
@@ -163,20 +191,19 @@ def _check_sizes(record: SampleRecord, image_hw: tuple[int, int], mask: np.ndarr
         )
 
 
-def load_sample(
-    record: SampleRecord, label_map: np.ndarray | None, num_classes: int, *, check_image: bool = True
-) -> tuple[bytes, np.ndarray]:
-    """Image bytes and validated train-id mask of ``record`` (sizes must agree).
-
-    ``check_image=False`` returns the image file's bytes without decoding them (no
-    truncation or size check), for a sample already validated (``prepare_shards(reload=)``).
-    """
-    if not check_image:
-        return _read_bytes(Path(record.image_path), "image"), read_mask(record.mask_path, label_map, num_classes)
+def load_sample(record: SampleRecord, label_map: np.ndarray | None, num_classes: int) -> tuple[bytes, np.ndarray]:
+    """Image bytes and validated train-id mask of ``record`` (sizes must agree)."""
     data, hw = read_image_bytes(record.image_path)
     mask = read_mask(record.mask_path, label_map, num_classes)
-    _check_sizes(record, hw, mask)
+    check_sizes(record, hw, mask)
     return data, mask
+
+
+def read_sample(record: SampleRecord, label_map: np.ndarray | None) -> tuple[bytes, np.ndarray]:
+    """The image file's bytes (not decoded) and the mask in train ids, unchecked: a loader for
+    ``prepare_shards``, which runs :func:`decoded_size`, :func:`check_sizes` and
+    :func:`check_labels` on what it loads."""
+    return _read_bytes(Path(record.image_path), "image"), read_labels(record.mask_path, label_map)
 
 
 class RecordDataset(Dataset):
@@ -185,7 +212,7 @@ class RecordDataset(Dataset):
     Items are ``(image, mask)``: image float32 ``[3, H, W]`` in ``0..1``, mask
     int64 ``[H, W]`` of train ids with 255 = ignore; when ``transform`` is given
     it is called as ``transform(image, mask)`` on the decoded arrays (RGB uint8
-    ``[H, W, 3]`` and uint8 ``[H, W]``, as :class:`nasplat.data.shards.ShardDataset`
+    ``[H, W, 3]`` and uint8 ``[H, W]``, as :class:`nasplat.data.shard_reader.ShardDataset`
     does) and its result is returned.
     Every item is validated like :func:`load_sample` (the image is decoded once).
     """
@@ -214,7 +241,7 @@ class RecordDataset(Dataset):
         record = self.records[i]  # IndexError for out-of-range i, negatives allowed
         _, img = _open_image(record.image_path)
         mask = read_mask(record.mask_path, self.label_map, self.num_classes)
-        _check_sizes(record, (img.height, img.width), mask)
+        check_sizes(record, (img.height, img.width), mask)
         rgb = np.array(img.convert("RGB"))  # writable: transforms may work in place
         if self.transform is not None:
             return self.transform(rgb, mask)

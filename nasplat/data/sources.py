@@ -16,7 +16,8 @@ from typing import Collection, Sequence
 from torch.utils.data import Dataset, Subset
 
 from nasplat.data.cityscapes import CityscapesSegmentation
-from nasplat.data.shards import ShardDataset, read_manifest
+from nasplat.data.shard_format import read_manifest
+from nasplat.data.shard_reader import ShardDataset
 from nasplat.data.synthetic import synthetic_splits
 from nasplat.data.transforms import SegmentationAugment
 from nasplat.data.voc import AUG_SPLIT, VOCSegmentation, voc_has_split
@@ -47,9 +48,10 @@ def search_data(
         root = Path(dataset.split(":", 1)[1])
         manifest = read_manifest(root)
         train_split = train_split_name(manifest.splits)
-        # the search driver verifies the manifest once (verify_shards) before workers start
-        train = ShardDataset(root, train_split, train_tf, verify=False)
-        val = ShardDataset(root, "val", val_tf, verify=False)
+        # verified before the first read in each process that reads: a worker fed by Ray Data
+        # only needs the metadata, and never hashes the shards
+        train = ShardDataset(root, train_split, train_tf, defer_verify=True)
+        val = ShardDataset(root, "val", val_tf, defer_verify=True)
         if len(train) < 2:
             raise ValueError(f"parquet: the training split has {len(train)} sample(s); a search needs at least 2")
         halves = ShardHalf(train, "a"), ShardHalf(train, "b")
@@ -91,6 +93,14 @@ def split_halves(sample_ids: Sequence[str]) -> tuple[frozenset[str], frozenset[s
     return frozenset(ordered[0::2]), frozenset(ordered[1::2])
 
 
+def half_indices(sample_ids: Sequence[str], half: str) -> list[int]:
+    """Positions in ``sample_ids`` of half ``"a"`` or ``"b"`` by :func:`split_halves`, in order."""
+    if half not in ("a", "b"):
+        raise ValueError(f"half must be 'a' or 'b', got {half!r}")
+    chosen = split_halves(sample_ids)["ab".index(half)]
+    return [i for i, sid in enumerate(sample_ids) if sid in chosen]
+
+
 class ShardHalf(Dataset):
     """Search half ``"a"`` or ``"b"`` of a :class:`ShardDataset` by :func:`split_halves`.
 
@@ -107,9 +117,7 @@ class ShardHalf(Dataset):
     @functools.cached_property
     def indices(self) -> list[int]:
         """Indices into ``dataset`` of this half's samples, in dataset order."""
-        ids = self.dataset.sample_ids()
-        half_a, _ = split_halves(ids)
-        return [i for i, sid in enumerate(ids) if (sid in half_a) == (self.half == "a")]
+        return half_indices(self.dataset.sample_ids(), self.half)
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -123,9 +131,7 @@ def _halves(train: Dataset, val: Dataset, class_names: tuple[str, ...], descript
     ids = [record.sample_id for record in train.records]
     if len(ids) < 2:
         raise ValueError(f"{description['dataset']}: the training split has {len(ids)} sample(s); a search needs at least 2")
-    half_a, _ = split_halves(ids)
-    train_a = Subset(train, [i for i, sid in enumerate(ids) if sid in half_a])
-    train_b = Subset(train, [i for i, sid in enumerate(ids) if sid not in half_a])
+    train_a, train_b = (Subset(train, half_indices(ids, half)) for half in "ab")
     return _search_data(train_a, train_b, val, class_names, description)
 
 

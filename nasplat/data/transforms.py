@@ -9,6 +9,7 @@ with ``ignore_index``, so it never gains label values it did not have.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -19,10 +20,16 @@ from torch import Tensor
 
 from nasplat.training.metrics import IGNORE_INDEX
 
-__all__ = ["SegmentationAugment"]
+__all__ = ["SegmentationAugment", "sample_generator"]
 
 _PROCESS_GENERATORS: dict[tuple[int, int], np.random.Generator] = {}
 """(seed, pid) -> this process's generator for transform copies unpickled here (see SegmentationAugment)."""
+
+
+def sample_generator(seed: int, epoch: int, sample_id: str) -> np.random.Generator:
+    """The random generator of one sample in one epoch: the same whichever process draws it."""
+    key = int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([seed, epoch, key])
 
 
 def _pair(value: Sequence[int], name: str) -> tuple[int, int]:
