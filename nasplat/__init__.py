@@ -33,7 +33,7 @@ from nasplat.spaces.ops import (
 from nasplat.spaces.registry import UnknownSpaceError, available_spaces, get_space, register_space
 from nasplat.spaces.space import SearchSpace, Supernet
 
-__version__ = "0.1.0"
+from nasplat.version import __version__
 
 __all__ = [
     "search", "retrain", "SearchConfig", "RetrainConfig", "ExperimentResult",

@@ -20,3 +20,30 @@ def _no_inherited_tracking_uri(monkeypatch):
     """Every test starts without MLFLOW_TRACKING_URI, and none leaks out: ``mlflow.set_tracking_uri`` sets it
     in this process, and every nasplat subprocess would then record to the previous test's store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _gloo_entry(rank: int, fn, port: int, out_dir: str, world: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        fn(rank, out_dir)
+        dist.barrier()  # no rank tears gloo down while another is still communicating
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(fn, out_dir, world: int = 2) -> None:
+    """Run ``fn(rank, out_dir)`` in ``world`` processes joined by a gloo process group on 127.0.0.1."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_entry, args=(fn, port, str(out_dir), world), nprocs=world, join=True)

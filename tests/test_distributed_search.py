@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from conftest import spawn_gloo
 
 from nasplat.searching.config import SearchConfig
 from nasplat.training.collectives import average_
@@ -16,36 +14,23 @@ TINY = dict(image_size=16, train_samples=16, val_samples=4, epochs=2, batch_size
             arch_lr=3e-2, space_options={"C": 2, "layers": 2, "reductions": 1})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
-    try:
-        search = SupernetSearch(SearchConfig(**TINY))
-        torch.manual_seed(1000 + rank)  # different RNG streams per worker must not matter
-        initial = {k: v.detach().clone() for k, v in search.model.arch_parameters().items()}
-        first_batch = next(iter(search.loaders["train_a"]))[1]
-        search.train_epoch()
-        search.train_epoch()
-        evaluation = search.evaluate()
-        torch.save(
-            {"initial": initial, "final": {k: v.detach().clone() for k, v in search.model.arch_parameters().items()},
-             "first_batch": first_batch, "miou": evaluation["val_miou"]},
-            os.path.join(out_dir, f"rank{rank}.pt"),
-        )
-        dist.barrier()  # no rank tears gloo down while the other is still communicating
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, out_dir: str) -> None:
+    search = SupernetSearch(SearchConfig(**TINY))
+    torch.manual_seed(1000 + rank)  # different RNG streams per worker must not matter
+    initial = {k: v.detach().clone() for k, v in search.model.arch_parameters().items()}
+    first_batch = next(iter(search.loaders["train_a"]))[1]
+    search.train_epoch()
+    search.train_epoch()
+    evaluation = search.evaluate()
+    torch.save(
+        {"initial": initial, "final": {k: v.detach().clone() for k, v in search.model.arch_parameters().items()},
+         "first_batch": first_batch, "miou": evaluation["val_miou"]},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
 
 
 def test_workers_hold_identical_alpha_after_search_epochs(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_worker, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     # the workers saw different data ...
     assert not torch.equal(r0["first_batch"], r1["first_batch"])
@@ -57,20 +42,14 @@ def test_workers_hold_identical_alpha_after_search_epochs(tmp_path):
     assert r0["miou"] == r1["miou"]
 
 
-def _average_worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        tensors = [torch.full((2, 3), float(rank + 1)), torch.arange(4, dtype=torch.float64) * (rank + 1)]
-        average_(tensors)
-        torch.save(tensors, os.path.join(out_dir, f"avg{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _average_worker(rank: int, out_dir: str) -> None:
+    tensors = [torch.full((2, 3), float(rank + 1)), torch.arange(4, dtype=torch.float64) * (rank + 1)]
+    average_(tensors)
+    torch.save(tensors, os.path.join(out_dir, f"avg{rank}.pt"))
 
 
 def test_average_gives_the_mean_of_every_worker(tmp_path):
-    mp.spawn(_average_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_average_worker, tmp_path)
     for rank in (0, 1):
         first, second = torch.load(tmp_path / f"avg{rank}.pt", weights_only=True)
         assert torch.equal(first, torch.full((2, 3), 1.5))

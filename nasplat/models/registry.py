@@ -2,7 +2,8 @@
 
 ``@register_model("name")`` on a factory ``(num_classes, **options) -> nn.Module`` whose module
 maps [N,3,H,W] to logits [N,num_classes,H,W] (in eval mode; in train mode a model may return
-extra auxiliary outputs, documented by the model).
+extra auxiliary outputs, documented by the model). The built-in baselines register themselves when the
+``nasplat.models`` package is imported, which any import of this module does first.
 """
 from __future__ import annotations
 
@@ -33,18 +34,12 @@ def register_model(name: str, *, override: bool = False) -> Callable[[ModelFacto
     return decorate
 
 
-def _load_builtin_models() -> None:
-    import nasplat.models.baselines  # noqa: F401  (registers the built-in baselines)
-
-
 def available_models() -> tuple[str, ...]:
-    _load_builtin_models()
     return tuple(sorted(_MODELS))
 
 
 def get_model(name: str, num_classes: int, **options) -> nn.Module:
     """Build a registered model: ``get_model("deeplabv3plus", num_classes=19, backbone="resnet101")``."""
-    _load_builtin_models()
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS)) or 'none'}")
     return _MODELS[name](num_classes=num_classes, **options)

@@ -117,7 +117,7 @@ def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype,
                   step: int) -> None:
     """Draw and log this epoch's pictures; any failure is printed as a warning and the search goes on."""
     try:
-        from nasplat import viz  # matplotlib is imported on rank 0 only, when the first pictures are due
+        import nasplat.viz as viz  # matplotlib is imported on rank 0 only, when the first pictures are due
 
         predictions = None
         try:
@@ -129,8 +129,8 @@ def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype,
             print(f"[nasplat] warning: epoch {epoch}: no prediction overlays ({type(err).__name__}: {err})", flush=True)
         history = [(entry["step"], entry["distributions"]) for entry in search.arch_history]
         with tempfile.TemporaryDirectory(prefix="nasplat-pictures-") as directory:
-            pictures = viz.render_pictures(directory, genotype, history[-1][1] if history else None,
-                                           getattr(search.space, "ops", ()), history, predictions, f"epoch {epoch}")
+            pictures = viz.render_pictures(directory, search.space, genotype, history[-1][1] if history else None,
+                                           history, predictions, f"epoch {epoch}")
             for folder in folders:
                 viz.log_figures(logger, directory, folder)
         for warning in pictures.warnings:

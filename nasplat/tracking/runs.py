@@ -24,6 +24,7 @@ from nasplat.tracking.schema import (
     VERSION_TAG,
 )
 from nasplat.tracking.uri import local_artifact_root
+from nasplat.version import __version__
 
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 """Set by Ray's job supervisor for a job's entrypoint: JSON with ``metadata.job_submission_id``."""
@@ -60,12 +61,10 @@ def git_commit(path: str | Path | None = None) -> str | None:
 
 def provenance_tags(kind: str, argv: list[str] | None = None) -> dict[str, str]:
     """Tags every parent run carries: its kind, the command line, nasplat's git commit and package versions."""
-    import nasplat
-
     tags = {
         KIND_TAG: kind,
         COMMAND_TAG: " ".join(argv or sys.argv),
-        VERSION_TAG: nasplat.__version__,
+        VERSION_TAG: __version__,
         "python": platform.python_version(),
     }
     commit = git_commit()
