@@ -31,6 +31,12 @@ def parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def _optional_type(field: dataclasses.Field) -> type:
+    """The value type of a field declared ``X | None`` (``float | None`` -> float; str otherwise)."""
+    declared = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "str")
+    return {"float": float, "int": int}.get(declared.split("|")[0].strip(), str)
+
+
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
     """How a config dataclass becomes flags: the fields that need special handling (help and choices come
@@ -41,8 +47,6 @@ class FlagSpec:
     """field -> repeatable KEY=VALUE flag (``space_options`` -> ``--space-option``)"""
     list_flags: Mapping[str, tuple[type, int | str]] = dataclasses.field(default_factory=dict)
     """field -> (element type, nargs)"""
-    nullable_types: Mapping[str, type] = dataclasses.field(default_factory=dict)
-    """type of fields whose default is None (others: str)"""
 
     def add_arguments(self, parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
         """``--config FILE`` plus one flag per field; absent flags leave no attribute (the file or default wins)."""
@@ -65,8 +69,15 @@ class FlagSpec:
             elif isinstance(default, bool):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
             else:
-                kind = type(default) if default is not None else self.nullable_types.get(field.name, str)
+                kind = type(default) if default is not None else _optional_type(field)
                 parser.add_argument(flag, type=kind, **common)
+
+    def add_parser(self, subparsers, name: str, handler, **texts: str) -> argparse.ArgumentParser:
+        """A subcommand ``name`` (``help=``, ``description=`` in ``texts``) with these flags, run by ``handler``."""
+        parser = subparsers.add_parser(name, **texts)
+        self.add_arguments(parser)
+        parser.set_defaults(handler=handler)
+        return parser
 
     def config_from_args(self, args: argparse.Namespace) -> Any:
         """Defaults < the ``--config`` file < the flags given; validated by ``config_type.from_dict``."""

@@ -15,20 +15,17 @@ RETRAIN_FLAGS = FlagSpec(
     mapping_flags={"model_options": "--model-option"},
     list_flags={"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
                 "batch_sizes": (int, "+")},
-    nullable_types={"cpus_per_worker": float},
 )
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "retrain", help="retrain a searched genotype or a baseline (Ray Train + Tune/Optuna, tracked in MLflow)",
+    RETRAIN_FLAGS.add_parser(
+        subparsers, "retrain", run, help="retrain a searched genotype or a baseline (Ray Train + Tune/Optuna, tracked in MLflow)",
         description="Train a network from a genotype file, a search's MLflow run (--from-run), or a baseline "
         "(--baseline); with no source, the latest finished search. Trials run as a Ray Tune experiment; with "
         "--trials > 1 Optuna samples lr, weight decay and batch size and ASHA stops weak trials. Command-line flags "
         "win over --config.",
     )
-    RETRAIN_FLAGS.add_arguments(parser)
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

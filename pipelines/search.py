@@ -11,19 +11,16 @@ from pipelines.config_args import FlagSpec
 SEARCH_FLAGS = FlagSpec(
     SearchConfig,
     mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
-    nullable_types={"cpus_per_worker": float},
 )
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "search", help="run an architecture search (defaults: DARTS on synthetic data, local Ray, local MLflow)",
+    SEARCH_FLAGS.add_parser(
+        subparsers, "search", run, help="run an architecture search (defaults: DARTS on synthetic data, local Ray, local MLflow)",
         description="Run a supernet search as a Ray Tune experiment of Ray Train trials, tracked in MLflow. "
         "Every option can also be set in a YAML file passed with --config (keys = option names with "
         "underscores); command-line flags win over the file.",
     )
-    SEARCH_FLAGS.add_arguments(parser)
-    parser.set_defaults(handler=run)
 
 
 def format_genotype(genotype: Any) -> str:

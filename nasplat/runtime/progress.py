@@ -9,8 +9,12 @@ _TRIALS_ENDED: dict[str, set[str]] = {}
 """Experiment name -> ids of trials that completed or failed (not interrupted), filled in the driver."""
 
 
+Column = tuple[str, str]
+"""(result key, template): ``("val_miou", "val_mIoU {:.4f}")`` prints ``val_mIoU 0.4321``."""
+
+
 class TrialProgress(tune.Callback):
-    """Subclasses say what an epoch line holds (``epoch_line``) and may add lines (``extra_lines``).
+    """Subclasses list an epoch line's ``columns`` and may add lines (``extra_lines``).
 
     Tune pickles callbacks into its experiment state and unpickles them on restore, so the record of
     ended trials lives in a module-level dict keyed by the experiment name rather than on the instance.
@@ -37,8 +41,11 @@ class TrialProgress(tune.Callback):
         for line in self.extra_lines(trial.trial_id, result):
             print(f"[nasplat] {line}", flush=True)
 
+    columns: tuple[Column, ...] = ()
+
     def epoch_line(self, result: dict[str, Any]) -> str:
-        raise NotImplementedError
+        """The columns present in ``result``, joined by `` | ``."""
+        return " | ".join(template.format(result[key]) for key, template in self.columns if key in result)
 
     def extra_lines(self, trial_id: str, result: dict[str, Any]) -> list[str]:
         return []

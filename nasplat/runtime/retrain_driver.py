@@ -19,7 +19,8 @@ from nasplat.models import available_models
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE
 from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
-from nasplat.runtime.retrain_worker import SOURCE_KEY, RetrainProgress, retrain_worker
+from nasplat.runtime.progress import TrialProgress
+from nasplat.runtime.retrain_worker import SOURCE_KEY, retrain_worker
 from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.spaces.registry import genotype_from_dict
 from nasplat.tracking import schema
@@ -39,6 +40,14 @@ class ModelSource:
     source: dict
     lineage: dict
     label: str
+
+
+class RetrainProgress(TrialProgress):
+    """One line per epoch of a retrain trial."""
+
+    columns = (("train_loss", "train_loss {:.4f}"), ("val_loss", "val_loss {:.4f}"), ("val_miou", "val_mIoU {:.4f}"),
+               ("best_val_miou", "best {:.4f}"), ("lr", "lr {:.3g}"), ("epoch_time_s", "{:.1f}s"),
+               ("samples_per_s", "{:.1f} samples/s"))
 
 
 def prepare_retrain(config: RetrainConfig) -> RetrainConfig:

@@ -1,6 +1,4 @@
-"""The Ray side of a retrain: the Ray Train worker loop and the driver's Tune progress callback.
-
-Worker loop: every worker trains its shard; rank 0 records.
+"""The Ray Train worker loop of a retrain: every worker trains its shard; rank 0 records.
 
 Each epoch: train, evaluate, keep the best weights; rank 0 writes a checkpoint (training state and
 the best model file), logs the epoch's metrics to the trial's MLflow run and, when the epoch is a
@@ -14,7 +12,6 @@ from typing import Any
 
 from nasplat.training.model_stats import count_flops, count_parameters
 from nasplat.retraining.config import RetrainConfig
-from nasplat.runtime.progress import TrialProgress
 from nasplat.retraining.loop import Retrainer
 from nasplat.retraining.model_file import BEST_MODEL_FILE
 from nasplat.runtime.worker import report_epoch, restore_latest, start_worker
@@ -55,16 +52,3 @@ def retrain_worker(loop_config: dict[str, Any]) -> None:
                 logger.set_tags({schema.BEST_EPOCH_TAG: trainer.best["epoch"]})
 
         report_epoch(context, metrics, write)
-
-
-class RetrainProgress(TrialProgress):
-    """One line per epoch of a retrain trial."""
-
-    def epoch_line(self, result: dict[str, Any]) -> str:
-        nan = float("nan")
-        return (
-            f"train_loss {result.get('train_loss', nan):.4f} | val_loss {result.get('val_loss', nan):.4f} | "
-            f"val_mIoU {result.get('val_miou', nan):.4f} (best {result.get('best_val_miou', nan):.4f}) | "
-            f"lr {result.get('lr', nan):.3g} | {result.get('epoch_time_s', nan):.1f}s | "
-            f"{result.get('samples_per_s', nan):.1f} samples/s"
-        )

@@ -34,14 +34,9 @@ def search_trial(trial_config: dict[str, Any]) -> None:
 class SearchProgress(TrialProgress):
     """One line per epoch of a search trial, and a line when RobustDARTS stops it."""
 
-    def epoch_line(self, result: dict[str, Any]) -> str:
-        nan = float("nan")
-        return (
-            f"train_loss {result.get('train_loss', nan):.4f} | val_loss {result.get('val_loss', nan):.4f} | "
-            f"val_mIoU {result.get('val_miou', nan):.4f} | arch_entropy {result.get('arch_entropy', nan):.4f} | "
-            f"{result.get('epoch_time_s', nan):.1f}s | genotype {result.get('genotype_hash', '?')}"
-            + (f" | hessian_eig {result['hessian_eigenvalue']:.4g}" if "hessian_eigenvalue" in result else "")
-        )
+    columns = (("train_loss", "train_loss {:.4f}"), ("val_loss", "val_loss {:.4f}"), ("val_miou", "val_mIoU {:.4f}"),
+               ("arch_entropy", "arch_entropy {:.4f}"), ("epoch_time_s", "{:.1f}s"), ("genotype_hash", "genotype {}"),
+               ("hessian_eigenvalue", "hessian_eig {:.4g}"))
 
     def extra_lines(self, trial_id: str, result: dict[str, Any]) -> list[str]:
         if "early_stop_chosen_epoch" not in result:
