@@ -168,7 +168,7 @@ def _own_files(out: Path, dataset: str) -> set[str]:
     """Names in ``out`` that an earlier run for ``dataset`` wrote (so may be replaced or removed);
     ShardError naming ``out`` and the file if it holds anything else or another dataset."""
     if out.exists() and not out.is_dir():
-        raise ShardError(f"{out}: exists and is not a directory; give --out a new or empty folder")
+        raise ShardError(f"{out}: exists and is not a directory")
     if not out.is_dir() or not any(out.iterdir()):
         return set()
     refuse = f"; `prepare` writes only into an empty folder or one it filled for {dataset!r} (nothing was deleted)"
