@@ -4,6 +4,12 @@ Each step first updates the architecture on a batch of split B, then the weights
 split A, as the official ``architect.py`` does. The second-order architecture gradient unrolls one
 SGD step (with the optimiser's momentum and weight decay) and replaces the Hessian-vector product
 by a central finite difference with epsilon = 0.01 / ||grad_w' L_val(w', alpha)||.
+
+Weights that take no part in the loss (no gradient on any worker) are left out of the weight
+step, as ``optimizer.step()`` skips parameters whose ``.grad`` is None in the reference: weight
+decay and momentum do not move them. The extra forward passes of the second-order gradient (at
+w, at the unrolled w' and at the two perturbed weights) leave the BatchNorm running statistics
+as they were; only the weight step's own forward pass updates them.
 """
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nasplat.training.collectives import average_
+from nasplat.searching.buffers import preserved_buffers
 from nasplat.spaces.space import ARCH_PREFIX, Supernet
+from nasplat.training.collectives import average_
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -64,11 +71,9 @@ class BilevelOptimizer:
 
     def weight_step(self, batch_a: Batch) -> float:
         loss = self.loss_fn(self.model(batch_a[0]), batch_a[1])
-        grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.weights, grads)]
-        average_(grads)
-        for param, grad in zip(self.weights, grads):
-            param.grad = grad
+        grads, used = _averaged_gradients(loss, self.weights)
+        for param, grad, in_graph in zip(self.weights, grads, used):
+            param.grad = grad if in_graph else None  # SGD skips it: no decay, no momentum
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.weight_optimizer.step()
@@ -91,22 +96,26 @@ class BilevelOptimizer:
         return self.loss_fn(functional_call(self.model, params, (batch[0],)), batch[1])
 
     def _unrolled_weights(self, batch_a: Batch) -> tuple[list[torch.Tensor], float]:
-        """w' = w - xi * (momentum * buf + grad_w L_train + wd * w), xi the current weight lr."""
+        """w' = w - xi * (momentum * buf + grad_w L_train + wd * w), xi the current weight lr.
+
+        A weight outside the graph stays at w, as the real SGD step leaves it.
+        """
         group = self.weight_optimizer.param_groups[0]
         lr, momentum, decay = group["lr"], group.get("momentum", 0.0), group.get("weight_decay", 0.0)
-        loss = self._loss_at(self.weights, batch_a)
-        grads = list(torch.autograd.grad(loss, self.weights, allow_unused=True))
-        grads = [torch.zeros_like(w) if g is None else g for w, g in zip(self.weights, grads)]
-        average_(grads)
+        grads, used = _averaged_gradients(self._loss_at(self.weights, batch_a), self.weights)
         unrolled = []
         with torch.no_grad():
-            for w, g in zip(self.weights, grads):
+            for w, g, in_graph in zip(self.weights, grads, used):
                 buf = self.weight_optimizer.state.get(w, {}).get("momentum_buffer")
                 direction = g + decay * w + (momentum * buf if buf is not None else 0.0)
-                unrolled.append((w - lr * direction).requires_grad_(True))
+                unrolled.append((w - lr * direction if in_graph else w.clone()).requires_grad_(True))
         return unrolled, lr
 
     def _second_order_gradient(self, batch_a: Batch, batch_b: Batch) -> tuple[list[torch.Tensor], float]:
+        with preserved_buffers(self.model):  # these passes must not move the running statistics
+            return self._unrolled_gradient(batch_a, batch_b)
+
+    def _unrolled_gradient(self, batch_a: Batch, batch_b: Batch) -> tuple[list[torch.Tensor], float]:
         unrolled, lr = self._unrolled_weights(batch_a)
         val_loss = self._loss_at(unrolled, batch_b)
         grads = torch.autograd.grad(val_loss, self.arch + unrolled, allow_unused=True)
@@ -129,3 +138,16 @@ class BilevelOptimizer:
             average_(grads)
             sides.append(grads)
         return [(plus - minus) / (2 * eps) for plus, minus in zip(*sides)]
+
+
+def _averaged_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[bool]]:
+    """(gradients of ``loss`` averaged across workers, zeros where unused; whether any worker used each).
+
+    The zeros keep the all-reduce the same on every worker; a parameter counts as used when its
+    gradient exists on at least one worker, so every worker skips the same ones.
+    """
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    present = torch.tensor([g is not None for g in grads], dtype=loss.dtype, device=loss.device)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    average_(grads + [present])
+    return grads, (present > 0).tolist()
