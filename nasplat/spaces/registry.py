@@ -101,10 +101,19 @@ def resolve_space_spec(spec: str) -> tuple[str, str | None]:
 
 
 def get_space(spec: str) -> SearchSpace:
-    """Return a registered space by name (or ``FILE.py:NAME`` / ``module:NAME``)."""
+    """Return a registered space by name, or by ``FILE.py:NAME`` / ``module:NAME``, which imports (runs) that code:
+    pass only what a user typed, never a value read from a file, checkpoint or run (see :func:`registered_space`)."""
     name, source = resolve_space_spec(spec)
     if source is not None:
         import_space_source(source)
+    return registered_space(name)
+
+
+def registered_space(name: str) -> SearchSpace:
+    """The space registered (or installed as an entry point) under ``name``; imports no user code."""
+    if not is_space_name(name):
+        raise UnknownSpaceError(f"{name!r} is not a search-space name: data (genotypes, checkpoints, runs) names a "
+                                "space by its registered name, never by a file or module")
     if name not in _REGISTRY:
         _load_entry_points()
     if name not in _REGISTRY:
@@ -113,12 +122,20 @@ def get_space(spec: str) -> SearchSpace:
     return _REGISTRY[name]
 
 
+def is_space_name(name: str) -> bool:
+    """A registry name: letters, digits, ``_`` and ``-``; no path, no module, no ``FILE:NAME``."""
+    return bool(name) and all(c.isalnum() or c in "_-" for c in name)
+
+
 def genotype_from_dict(data: Mapping[str, Any]) -> Genotype:
-    """Rebuild a genotype of any registered space from its ``to_dict()`` form."""
+    """Rebuild a genotype of any registered space from its ``to_dict()`` form.
+
+    The genotype's ``space`` must be a registered name: a file path or module spec there is refused and nothing
+    is imported (a genotype file, a checkpoint or an MLflow run never makes nasplat run code)."""
     if not isinstance(data, Mapping) or "space" not in data:
         raise GenotypeError("space", "missing (a genotype names the space it belongs to)")
     try:
-        space = get_space(str(data["space"]))
+        space = registered_space(str(data["space"]))
     except KeyError as err:
         raise GenotypeError("space", str(err)) from None
     return space.genotype_type.from_dict(data)
