@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import nasplat
 from nasplat import GenotypeError, cell_edges, genotype_from_dict, get_space
@@ -78,6 +79,35 @@ def test_atrous_conv_is_full_rate_2_and_halves_to_ceil(k, H):
     down = nasplat.build_op(f"atrous_conv_{k}x{k}", C, 2)
     assert down(x).shape[-2:] == (math.ceil(H / 2), math.ceil((H + 1) / 2))
     assert count(op) == k * k * C * C + 2 * C  # conv + BN gamma/beta
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("H, W", [(8, 10), (9, 12), (33, 33)])
+def test_strided_atrous_conv_is_tf_half_resize_then_rate_1(k, H, W):
+    # TF nas_cell.py, atrous_kxk at stride 2: relu, resize_bilinear (align_corners=True) to
+    # scale_dimension(n, 0.5) = int((n - 1) * 0.5 + 1), then a kxk conv at rate 1, then BN
+    C = 3
+    op = nasplat.build_op(f"atrous_conv_{k}x{k}", C, 2).eval()
+    (conv,) = [m for m in op.modules() if isinstance(m, torch.nn.Conv2d)]
+    (bn,) = [m for m in op.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for t in (bn.running_mean, bn.weight, bn.bias):
+            t.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    assert count(op) == count(nasplat.build_op(f"atrous_conv_{k}x{k}", C, 1)) == k * k * C * C + 2 * C
+    x = torch.randn(2, C, H, W)
+    half = (int((H - 1) * 0.5 + 1), int((W - 1) * 0.5 + 1))
+    resized = F.interpolate(torch.relu(x), size=half, mode="bilinear", align_corners=True)
+    expected = F.batch_norm(F.conv2d(resized, conv.weight, padding=(k - 1) // 2), bn.running_mean, bn.running_var,
+                            bn.weight, bn.bias, training=False, eps=bn.eps)
+    out = op(x)
+    assert out.shape[-2:] == (math.ceil(H / 2), math.ceil(W / 2))
+    torch.testing.assert_close(out, expected)
+    # on an odd size the corner-aligned half grid is every second pixel, so TF's op equals a
+    # stride-2 conv at rate 2 there; on an even size it does not
+    strided = F.batch_norm(F.conv2d(torch.relu(x), conv.weight, stride=2, padding=k - 1, dilation=2),
+                           bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
+    assert torch.allclose(out, strided, atol=1e-5) == (H % 2 == 1 and W % 2 == 1)
 
 
 # ------------------------------------------------------------------ cell and arch parameters
@@ -471,6 +501,92 @@ def test_checkpoint_cells_under_functional_call():
                 assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+# Cells whose H^{l-2} does not exist at their stride (issue 15): layer 2 at strides 16 and 32, layer 3
+# at 32. Layers 0 and 1 get the stem's stride-2 / stride-4 output, as TF hnasnet feeds cells 0 and 1.
+NO_SECOND_INPUT = {(2, 2), (2, 3), (3, 3)}
+INPUT0_ROWS = [row for row, (_, source) in enumerate(cell_edges(2)) if source == 0]  # B = 2: rows 0, 2
+
+
+def test_second_cell_input_is_the_stem_or_the_same_stride_node_or_nothing():
+    stem_channels = (8, 12, 16)
+    net = AutoDeepLabSupernet(num_classes=3, F=2, L=5, B=2, stem_channels=stem_channels)
+    missing = {(layer, int(level)) for layer, nodes in enumerate(net.cells) for level, node in nodes.items()
+               if node.pre0 is None}
+    assert missing == NO_SECOND_INPUT
+    for layer, nodes in enumerate(net.cells):
+        for level, node in nodes.items():
+            edges = [m for m in node.dag.modules() if isinstance(m, nasplat.MixedOp)]
+            assert len(edges) == (3 if (layer, int(level)) in NO_SECOND_INPUT else 5)  # 2 + 3 edges, less input 0's
+            if node.pre0 is not None:
+                C_in = node.pre0.op[1].in_channels
+                assert C_in == {0: 12, 1: 16}.get(layer, 2 * 2 * 2 ** int(level)), (layer, level)
+    seen = {}
+    for layer in (0, 1):
+        for level, node in net.cells[layer].items():
+            node.pre0.register_forward_hook(lambda m, args, out, key=(layer, int(level)): seen.update({key: args[0]}))
+    x = torch.randn(2, 3, 37, 29)
+    net.states(x)
+    half, stem = net.stem(x)
+    for (layer, level), got in seen.items():
+        size = ceil_chain(37)[level], ceil_chain(29)[level]
+        source = half if layer == 0 else stem
+        expected = source if source.shape[-2:] == size else F.interpolate(source, size=size, mode="bilinear",
+                                                                          align_corners=False)
+        torch.testing.assert_close(got, expected)
+    assert sorted(seen) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+
+
+def test_missing_second_input_edges_add_nothing_to_the_alpha_gradient():
+    torch.manual_seed(0)
+    net = AutoDeepLabSupernet(num_classes=3, F=2, L=4, B=2, stem_channels=(8, 8, 16))
+    with torch.no_grad():
+        for p in net.arch_parameters().values():
+            p.normal_()
+    x, target = torch.randn(2, 3, 33, 29), torch.randn(2, 3, 33, 29)
+    alpha = net.arch_parameters()["alpha"]
+    (alpha_grad,) = torch.autograd.grad((net(x) * target).sum(), alpha)  # train mode: batch statistics
+    calls = []  # (layer, level, the weights this cell call saw as a leaf of its own)
+    for layer, nodes in enumerate(net.cells):
+        for level, node in nodes.items():
+            def run(direction, h1, s0, weights, size, forward=node.forward, key=(layer, int(level))):
+                leaf = weights.detach().requires_grad_()
+                calls.append((*key, leaf))
+                return forward(direction, h1, s0, leaf, size)
+            node.forward = run
+    (net(x) * target).sum().backward()
+    assert alpha.grad is None  # every path from alpha to the loss goes through a cell call
+    ops_but_none = [k for k, name in enumerate(AUTODEEPLAB_OPS) if name != "none"]
+    other_rows = [row for row in range(len(cell_edges(2))) if row not in INPUT0_ROWS]
+    for layer, level, leaf in calls:
+        grad = leaf.grad
+        assert (grad[other_rows][:, ops_but_none] != 0).all(), (layer, level)
+        if (layer, level) in NO_SECOND_INPUT:
+            assert (grad[INPUT0_ROWS] == 0).all(), (layer, level)  # exactly: those edges do not exist
+        else:
+            assert (grad[INPUT0_ROWS][:, ops_but_none] != 0).all(), (layer, level)
+    assert {(layer, level) for layer, level, _ in calls} >= NO_SECOND_INPUT
+    # the per-call contributions are all there is: through the softmax they sum to alpha's gradient
+    total = sum(leaf.grad for *_, leaf in calls)
+    (expected,) = torch.autograd.grad(torch.softmax(alpha, dim=-1), alpha, total)
+    torch.testing.assert_close(alpha_grad, expected)
+
+
+def test_hand_built_cell_without_second_input():
+    # all weight on skip_connect, B = 2: with no H^{l-2}, block 0 = s1 and block 1 = s1 + block 0;
+    # had H^{l-1} been fed as both inputs (the old supernet), block 0 would be 2 * s1
+    from search_spaces.autodeeplab.supernet import SearchNode
+
+    C = 4
+    node = SearchNode(2, {2: C}, None, C, 2, AUTODEEPLAB_OPS)
+    weights = torch.zeros(len(cell_edges(2)), len(AUTODEEPLAB_OPS))
+    weights[:, IDX["skip_connect"]] = 1.0
+    h1 = torch.randn(2, C, 5, 6)
+    conv = node.pre["same"].op[1].weight
+    s1 = F.batch_norm(F.conv2d(torch.relu(h1), conv), None, None, training=True)  # ReLU-1x1-BN, no affine
+    out = node("same", h1, None, weights, (5, 6))
+    torch.testing.assert_close(out, torch.cat([s1, 2 * s1], dim=1))
+
+
 # ------------------------------------------------------------------ retrain network
 
 
@@ -522,3 +638,20 @@ def test_decoded_genotype_builds(space):
     assert genotype_from_dict(g.to_dict()) == g
     built = space.build(g, num_classes=3, F=2).eval()
     assert built(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_retrain_second_inputs_are_the_stem_outputs_then_the_cell_two_back():
+    # REFERENCES section 2: for cell 0, H^{l-2} is the 64-channel stride-2 stem output (TF hnasnet);
+    # cell 1 gets the 128-channel stride-4 one, cell l >= 2 the output of cell l-2 (5 blocks of F*2^level)
+    net = AutoDeepLabNetwork(PAPER_GENOTYPE, num_classes=19, F=20)
+    widths = [cell.pre0.op[1].in_channels for cell in net.cells]
+    levels = [STRIDES.index(s) for s in PAPER_GENOTYPE.path]
+    assert widths == [64, 128] + [5 * 20 * 2 ** level for level in levels[:-2]]
+    small = AutoDeepLabNetwork(PAPER_GENOTYPE, num_classes=3, F=2, stem_channels=(4, 6, 8)).eval()
+    seen = []
+    small.cells[0].pre0.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x = torch.randn(1, 3, 37, 41)
+    with torch.no_grad():
+        small(x)
+        half, stem = small.stem(x)
+    torch.testing.assert_close(seen[0], F.interpolate(half, size=stem.shape[-2:], mode="bilinear", align_corners=False))

@@ -1,4 +1,4 @@
-"""Pictures of a search (nasplat.viz): cell DAGs, the Auto-DeepLab path, arch heatmaps, overlays."""
+"""Pictures of a search (nasplat.viz, SearchSpace.figures): cell DAGs, the Auto-DeepLab path, arch heatmaps, overlays."""
 from __future__ import annotations
 
 import re
@@ -17,8 +17,9 @@ from nasplat.searching.config import SearchConfig
 from nasplat.data.voc import VOC_CLASSES
 from nasplat.runtime.search_worker import picture_folders
 from nasplat.searching.loop import SupernetSearch
-from nasplat.viz import cells, heatmaps, overlays, paths, pictures
-from search_spaces.autodeeplab import PAPER_GENOTYPE, normalized_beta
+from nasplat.viz import cells, heatmaps, overlays, pictures
+from search_spaces.autodeeplab import PAPER_GENOTYPE, move_labels, normalized_beta
+from search_spaces.autodeeplab import figures as adl_figures
 from search_spaces.darts import DARTS_V2
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -131,9 +132,9 @@ def test_alpha_heatmap_shows_softmax_of_the_alpha():
 
 
 def test_beta_heatmap_uses_the_paper_normalisation_and_blanks_missing_moves():
-    fig = heatmaps.arch_figure({"beta": normalized_beta(torch.zeros(4, 4, 3))}, ())
+    fig = heatmaps.arch_figure({"beta": normalized_beta(torch.zeros(4, 4, 3))}, (), moves=move_labels())
     matrix = np.asarray(_image(fig, heatmaps.HEATMAP_GID).get_array().filled(np.nan))
-    rows = [label for *_, label in heatmaps.beta_moves()]
+    rows = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert rows == ["4\u21924", "4\u21928", "8\u21924", "8\u21928", "8\u219216",
                     "16\u21928", "16\u219216", "16\u219232", "32\u219216", "32\u219232"]
     # eq. 7 with equal logits: a node with two moves (stride 4, 32, the stem) gives 1/2 each, three moves 1/3
@@ -165,22 +166,36 @@ def test_evolution_lines_follow_each_epoch_distribution(tmp_path):
 
 
 def test_autodeeplab_path_figure_marks_exactly_the_genotype_strides(tmp_path):
-    fig = paths.network_path_figure(PAPER_GENOTYPE.path)
+    fig = adl_figures.network_path_figure(PAPER_GENOTYPE.path)
     ax = fig.axes[0]
-    (line,) = [artist for artist in ax.get_lines() if artist.get_gid() == paths.PATH_GID]
+    (line,) = [artist for artist in ax.get_lines() if artist.get_gid() == adl_figures.PATH_GID]
     assert list(line.get_xdata()) == list(range(13))
     assert list(line.get_ydata()) == [4, 4, 4, 4, 8, 16, 8, 16, 16, 32, 32, 16, 8]  # stem, then the paper's path
-    (grid,) = [c for c in ax.collections if c.get_gid() == paths.POSITIONS_GID]
+    (grid,) = [c for c in ax.collections if c.get_gid() == adl_figures.POSITIONS_GID]
     # layer l reaches strides 4..4*2^min(l,3): 2 + 3 + 10*4 positions for 12 layers
     assert len(grid.get_offsets()) == 45
     assert "ASPP" in [t.get_text() for t in ax.texts]
-    written, cell = paths.render_autodeeplab(PAPER_GENOTYPE, tmp_path)
-    assert [p.name for p in written] == ["network_path.png", "network_path.svg"]
+    written = nasplat.get_space("autodeeplab").figures(PAPER_GENOTYPE, tmp_path)
+    assert [p.name for p in written] == ["network_path.png", "network_path.svg", "cell.dot", "cell.png", "cell.svg"]
     _check_png(written[0])
     svg = ET.parse(written[1]).getroot()
-    assert any(el.get("id") == paths.PATH_GID for el in svg.iter())
+    assert any(el.get("id") == adl_figures.PATH_GID for el in svg.iter())
     labelled, _ = _dot_edges((tmp_path / "cell.dot").read_text())
     assert sum(labelled.values()) == 10 and ("H^{l-2}", "0", "atrous_conv_5x5") in labelled
+
+
+def test_space_figures_default_draws_every_cell_and_the_heatmaps(tmp_path):
+    darts = nasplat.get_space("darts")
+    rng = np.random.default_rng(1)
+    history = [(step, {name: torch.softmax(torch.as_tensor(rng.normal(size=(14, 8))), dim=-1)
+                       for name in ("normal", "reduce")}) for step in (1, 2)]
+    written = darts.figures(DARTS_V2, tmp_path, history[-1][1], history, "epoch 2")
+    names = {p.name for p in written}
+    assert {f"cell_{c}.{ext}" for c in ("normal", "reduce") for ext in ("dot", "png", "svg")} <= names
+    assert {"arch_heatmap.png", "evolution_normal.png", "evolution_reduce.svg"} <= names
+    assert all(p.is_file() for p in written)
+    alone = darts.figures(DARTS_V2, tmp_path / "genotype_only")  # no distributions, no history: cells only
+    assert sorted(p.name for p in alone) == sorted(p.name for p in written if p.stem.startswith("cell_"))
 
 
 def test_overlay_pixels_have_the_palette_colours(tmp_path):
@@ -219,9 +234,31 @@ def test_palette_comes_from_the_dataset_even_through_subsets():
 
 def test_a_failing_picture_is_reported_and_the_rest_is_still_written(tmp_path):
     broken = pictures.Predictions(images=[], masks=[], predictions=[], palette=[], class_names=[])
-    result = pictures.render_pictures(tmp_path, DARTS_V2, None, nasplat.get_space("darts").ops, predictions=broken)
+    result = pictures.render_pictures(tmp_path, nasplat.get_space("darts"), DARTS_V2, None, predictions=broken)
     assert len(result.warnings) == 1 and result.warnings[0].startswith("predictions: ValueError")
     assert (tmp_path / "cell_normal.png").is_file() and result.cell_renderer in ("graphviz", "matplotlib")
+
+
+def test_pictures_come_from_the_space_and_name_the_cell_renderer(tmp_path, monkeypatch):
+    class Drawn:  # any object with a figures method will do: viz knows no space
+        ops = ()
+
+        def figures(self, genotype, directory, distributions, history, title):
+            self.seen = (genotype, distributions, list(history), title)
+            return list(cells.render_cell(DARTS_V2.normal, DARTS_V2.normal_concat, directory, "mine").paths)
+
+    monkeypatch.setattr(cells.shutil, "which", lambda name: None)  # no graphviz: matplotlib draws
+    space = Drawn()
+    result = pictures.render_pictures(tmp_path, space, "genotype", {"a": [[1.0]]}, [(3, {"a": [[1.0]]})], title="t")
+    assert space.seen == ("genotype", {"a": [[1.0]]}, [(3, {"a": [[1.0]]})], "t")
+    assert [p.name for p in result.paths] == ["mine.dot", "mine.png", "mine.svg"] and not result.warnings
+    assert result.cell_renderer == "matplotlib"
+    assert cells.renderer_of([tmp_path / "x.png"]) is None  # no cell among the files
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz dot is not installed")
+def test_renderer_of_names_graphviz(tmp_path):
+    assert cells.renderer_of(cells.render_cell(DARTS_V2.reduce, DARTS_V2.reduce_concat, tmp_path, "r").paths) == "graphviz"
 
 
 def test_log_figures_keeps_subfolders(tmp_path):

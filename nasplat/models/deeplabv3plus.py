@@ -33,6 +33,8 @@ ResNet-101 59,344,309 (21 classes) / 59,343,795 (19); MobileNetV2 5,816,053 (21)
 Batch-1 training: the image-pooling branch sees one value per channel at batch 1, where
 ``BatchNorm2d`` in train mode raises. :class:`ASPPPooling` then normalises with the running
 statistics (as in eval) and leaves them untouched; at batch >= 2 it uses batch statistics as usual.
+:class:`ASPP` and :class:`ASPPPooling` live in :mod:`nasplat.models.layers` (the Auto-DeepLab
+retrain network uses the same ASPP) and are re-exported here.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
+from nasplat.models.layers import ASPP, ASPPPooling, conv_bn_relu
 from nasplat.models.registry import register_model
 
 __all__ = [
@@ -88,69 +91,15 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, *, ignore_p
     model.load_state_dict(state, strict=False)
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = 0 if kernel_size == 1 else dilation * (kernel_size // 2)
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ASPPPooling(nn.Module):
-    """Image-level branch: global average pool, 1x1 conv, BN, ReLU, upsample to the feature size.
-
-    With one value per channel (batch 1) in train mode the BN uses its running statistics and does
-    not update them, since batch statistics of a single value are undefined.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int = 256) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        y = self.conv(self.pool(x))
-        if self.training and y.shape[0] == 1:
-            bn = self.bn
-            y = F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
-        else:
-            y = self.bn(y)
-        y = self.relu(y)
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-
-
-class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling (DeepLabV3, arXiv:1706.05587; used as the V3+ encoder head)."""
-
-    def __init__(
-        self, in_channels: int, rates: Sequence[int] = (6, 12, 18), out_channels: int = 256, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        self.rates = tuple(int(r) for r in rates)
-        branches: list[nn.Module] = [_conv_bn_relu(in_channels, out_channels, 1)]
-        branches += [_conv_bn_relu(in_channels, out_channels, 3, dilation=r) for r in self.rates]
-        branches.append(ASPPPooling(in_channels, out_channels))
-        self.branches = nn.ModuleList(branches)
-        self.project = _conv_bn_relu(len(branches) * out_channels, out_channels, 1)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.project(torch.cat([b(x) for b in self.branches], dim=1)))
-
-
 class DeepLabV3PlusDecoder(nn.Module):
     """Paper decoder: low-level 1x1 -> 48, concat with upsampled ASPP output, two 3x3 256, classifier."""
 
     def __init__(self, low_channels: int, num_classes: int, aspp_channels: int = 256, low_out: int = 48) -> None:
         super().__init__()
-        self.low = _conv_bn_relu(low_channels, low_out, 1)
+        self.low = conv_bn_relu(low_channels, low_out, 1)
         self.fuse = nn.Sequential(
-            _conv_bn_relu(aspp_channels + low_out, 256, 3),
-            _conv_bn_relu(256, 256, 3),
+            conv_bn_relu(aspp_channels + low_out, 256, 3),
+            conv_bn_relu(256, 256, 3),
         )
         self.classifier = nn.Conv2d(256, num_classes, 1)
 

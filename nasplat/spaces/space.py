@@ -4,9 +4,11 @@ Spaces are registered and looked up in :mod:`nasplat.spaces.registry`.
 """
 from __future__ import annotations
 
+import os
 import random
 from abc import ABC, abstractmethod
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +92,21 @@ class SearchSpace(ABC):
         generator = torch.Generator().manual_seed(rng.getrandbits(63))
         arch = {name: torch.randn(shape, generator=generator, dtype=torch.float64) for name, shape in shapes.items()}
         return self.decode(arch, **decode_options)
+
+    def figures(self, genotype: Genotype, directory: str | os.PathLike, distributions: Mapping[str, Any] | None = None,
+                history: Sequence[tuple[int, Mapping[str, Any]]] = (), title: str = "") -> list[Path]:
+        """Draw the pictures of an architecture into ``directory``; return the files written.
+
+        The search calls it every ``--picture-interval`` epochs with the decoded ``genotype``, the
+        epoch's ``supernet.arch_distributions()`` and their ``(step, distributions)`` history.
+        Default (:mod:`nasplat.viz`): one DAG per ``NAME``/``NAME_concat`` cell field of the
+        genotype (DARTS notation, ``cell_NAME.{dot,png,svg}``), a heatmap of each distribution
+        (rows = cell edges, columns = :attr:`ops`) and, over two or more entries, its evolution.
+        """
+        from nasplat.viz import render_arch_figures, render_genotype_cells  # matplotlib only when drawing
+
+        written = [path for rendered in render_genotype_cells(genotype, directory) for path in rendered.paths]
+        return written + render_arch_figures(distributions, history, self.ops, directory, title)
 
     def _arch_template(self, options: Mapping[str, object]) -> tuple[dict[str, torch.Size], dict[str, object]]:
         key = (type(self), repr(sorted(options.items())))

@@ -204,3 +204,17 @@ def render_genotype_cells(genotype: Any, directory: str | Path, inputs: Sequence
     """Every cell of a genotype (each ``NAME``/``NAME_concat`` field pair) as ``cell_NAME.*``."""
     return [render_cell(pairs, concat, directory, f"cell_{name}", f"{name} cell", inputs, output, formats)
             for name, (pairs, concat) in genotype_cells(genotype).items()]
+
+
+def renderer_of(paths: Sequence[Path]) -> str | None:
+    """Which renderer drew the first cell among ``paths`` (a ``NAME.dot`` and its pictures): ``matplotlib``
+    when its picture says it was made by matplotlib (PNG and SVG carry its name), else ``graphviz``;
+    None when ``paths`` holds no cell."""
+    paths = [Path(p) for p in paths]
+    for dot in (p for p in paths if p.suffix == ".dot"):
+        pictures = [p for p in paths if p.parent == dot.parent and p.stem == dot.stem and p.suffix != ".dot"]
+        if pictures:
+            with open(pictures[0], "rb") as handle:
+                head = handle.read(4096).lower()
+            return "matplotlib" if b"matplotlib" in head else "graphviz"
+    return None

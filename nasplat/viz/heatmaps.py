@@ -5,12 +5,14 @@ draws exactly what it optimises:
 
 * a 2-D tensor ``[edges, ops]`` (softmax alpha): one row per edge, labelled ``node <- input`` in the
   official row order (:func:`nasplat.cell_edges`), one column per op;
-* Auto-DeepLab's ``beta`` ``[L, 4, 3]`` (normalised move weights): one row per move
-  ``stride -> stride``, one column per layer; moves that do not exist at a layer are blank;
+* a 3-D tensor ``[layers, sources, choices]`` when the caller labels its ``(source, choice)`` pairs
+  (``moves``, e.g. a hierarchical space's moves between levels): one row per labelled pair, one
+  column per layer; blank where the source has no choice at that layer (its row is all zero, the
+  ``arch_distributions`` convention);
 * any other tensor: its rows as they are.
 
-The evolution plot takes a list of ``(epoch, distributions)`` and draws, per edge (alpha) or per
-layer (beta), each choice's weight as a line over epochs.
+The evolution plot takes a list of ``(epoch, distributions)`` and draws, per edge (2-D) or per
+layer (labelled 3-D), each choice's weight as a line over epochs.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ from matplotlib.ticker import MaxNLocator
 
 from nasplat.spaces.cells import cell_edges
 from nasplat.viz.cells import DARTS_INPUTS, FORMATS, save_figure
-from nasplat.viz.paths import STRIDES, reachable_strides
 
 HEATMAP_GID = "arch-heatmap"
 
 History = Sequence[tuple[int, Mapping[str, Any]]]
+Moves = Mapping[tuple[int, int], str]
+"""``(source, choice) -> row label`` of a labelled 3-D distribution."""
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -38,8 +41,9 @@ def as_array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def is_beta(value: np.ndarray) -> bool:
-    return value.ndim == 3 and value.shape[1:] == (len(STRIDES), 3)
+def is_moves(value: np.ndarray, moves: Moves | None) -> bool:
+    """Whether ``value`` is drawn as a labelled 3-D distribution (``[layers, sources, choices]``)."""
+    return bool(moves) and value.ndim == 3 and all(s < value.shape[1] and c < value.shape[2] for s, c in moves)
 
 
 def edge_labels(rows: int, inputs: Sequence[str] = DARTS_INPUTS) -> list[str]:
@@ -53,24 +57,15 @@ def edge_labels(rows: int, inputs: Sequence[str] = DARTS_INPUTS) -> list[str]:
     return [f"{node} \u2190 {names[source]}" for node, source in cell_edges(nodes, len(inputs))]
 
 
-def beta_moves() -> list[tuple[int, int, str]]:
-    """``(source level, move k, label)`` for every move of the beta layout (k: 0 finer, 1 same, 2 coarser)."""
-    return [(level, k, f"{STRIDES[level]}\u2192{STRIDES[level + k - 1]}")
-            for level in range(len(STRIDES)) for k in range(3) if 0 <= level + k - 1 < len(STRIDES)]
-
-
-def beta_matrix(beta: Any) -> np.ndarray:
-    """``[moves, L]`` move weights from normalised beta ``[L, 4, 3]``; NaN where a layer has no such move.
-
-    A move exists at layer ``l`` when its source level feeds layer ``l`` (level ``<= l``; layer 0 is
-    fed by the stem only), matching a zero weight in the normalised beta there.
-    """
-    beta = as_array(beta)
-    matrix = np.full((len(beta_moves()), beta.shape[0]), np.nan)
-    for row, (level, k, _) in enumerate(beta_moves()):
-        for layer in range(beta.shape[0]):
-            if level < len(reachable_strides(layer)):
-                matrix[row, layer] = beta[layer, level, k]
+def moves_matrix(value: Any, moves: Moves) -> np.ndarray:
+    """``[len(moves), layers]`` weights of the labelled ``(source, choice)`` pairs of ``[layers, sources,
+    choices]``; NaN where the source's row is all zero at that layer (no choice there)."""
+    value = as_array(value)
+    matrix = np.full((len(moves), value.shape[0]), np.nan)
+    for row, (source, choice) in enumerate(moves):
+        for layer in range(value.shape[0]):
+            if np.any(value[layer, source] != 0):
+                matrix[row, layer] = value[layer, source, choice]
     return matrix
 
 
@@ -90,17 +85,18 @@ def _heatmap(ax, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], t
 
 
 def arch_figure(distributions: Mapping[str, Any], ops: Sequence[str], title: str = "",
-                inputs: Sequence[str] = DARTS_INPUTS) -> Figure:
-    """One heatmap panel per architecture tensor (see the module docstring); ``inputs`` names the cell inputs."""
+                inputs: Sequence[str] = DARTS_INPUTS, moves: Moves | None = None) -> Figure:
+    """One heatmap panel per architecture tensor (see the module docstring); ``inputs`` names the cell
+    inputs, ``moves`` labels the ``(source, choice)`` pairs of 3-D tensors."""
     arrays = {name: as_array(value) for name, value in distributions.items()}
-    heights = [max(2.5, 0.22 * (len(beta_moves()) if is_beta(a) else a.reshape(-1, a.shape[-1]).shape[0]) + 1.5)
-               for n, a in arrays.items()]
+    heights = [max(2.5, 0.22 * (len(moves) if is_moves(a, moves) else a.reshape(-1, a.shape[-1]).shape[0]) + 1.5)
+               for a in arrays.values()]
     fig = Figure(figsize=(7.5 * len(arrays), max(heights)))
     for index, (name, value) in enumerate(arrays.items()):
         ax = fig.add_subplot(1, len(arrays), index + 1)
-        if is_beta(value):
-            _heatmap(ax, beta_matrix(value), [label for *_, label in beta_moves()],
-                     [str(layer + 1) for layer in range(value.shape[0])], f"{name}: move weight per layer")
+        if is_moves(value, moves):
+            _heatmap(ax, moves_matrix(value, moves), list(moves.values()),
+                     [str(layer + 1) for layer in range(value.shape[0])], f"{name}: weight per layer")
             ax.set_xlabel("layer")
         else:
             matrix = value.reshape(-1, value.shape[-1])
@@ -117,12 +113,13 @@ def _series(history: History, name: str) -> tuple[list[int], np.ndarray]:
     return epochs, np.stack([as_array(dists[name]) for _, dists in history])
 
 
-def evolution_figure(history: History, name: str, ops: Sequence[str], inputs: Sequence[str] = DARTS_INPUTS) -> Figure:
-    """Per edge (alpha) or per layer (beta) a small panel: each choice's weight over epochs."""
+def evolution_figure(history: History, name: str, ops: Sequence[str], inputs: Sequence[str] = DARTS_INPUTS,
+                     moves: Moves | None = None) -> Figure:
+    """Per edge (2-D) or per layer (labelled 3-D) a small panel: each choice's weight over epochs."""
     epochs, series = _series(history, name)
-    if is_beta(series[0]):
-        matrices = np.stack([beta_matrix(b) for b in series])  # [T, moves, L]
-        panels = [(f"layer {layer + 1}", matrices[:, :, layer], [label for *_, label in beta_moves()])
+    if is_moves(series[0], moves):
+        matrices = np.stack([moves_matrix(b, moves) for b in series])  # [T, moves, L]
+        panels = [(f"layer {layer + 1}", matrices[:, :, layer], list(moves.values()))
                   for layer in range(series.shape[1])]
     else:
         flat = series.reshape(series.shape[0], -1, series.shape[-1])  # [T, edges, ops]
@@ -155,17 +152,28 @@ def evolution_figure(history: History, name: str, ops: Sequence[str], inputs: Se
 
 def render_arch_heatmaps(distributions: Mapping[str, Any], ops: Sequence[str], directory: str | Path,
                          title: str = "", formats: Sequence[str] = FORMATS,
-                         inputs: Sequence[str] = DARTS_INPUTS) -> list[Path]:
+                         inputs: Sequence[str] = DARTS_INPUTS, moves: Moves | None = None) -> list[Path]:
     """Write ``arch_heatmap.*`` (all tensors side by side) into ``directory``."""
-    return save_figure(arch_figure(distributions, ops, title, inputs), Path(directory) / "arch_heatmap", formats)
+    return save_figure(arch_figure(distributions, ops, title, inputs, moves), Path(directory) / "arch_heatmap", formats)
 
 
 def render_evolution(history: History, ops: Sequence[str], directory: str | Path,
-                     formats: Sequence[str] = FORMATS, inputs: Sequence[str] = DARTS_INPUTS) -> list[Path]:
+                     formats: Sequence[str] = FORMATS, inputs: Sequence[str] = DARTS_INPUTS,
+                     moves: Moves | None = None) -> list[Path]:
     """Write ``evolution_NAME.*`` for every architecture tensor of a history of two or more epochs."""
     if len(history) < 2:
         return []
     written = []
     for name in history[-1][1]:
-        written += save_figure(evolution_figure(history, name, ops, inputs), Path(directory) / f"evolution_{name}", formats)
+        figure = evolution_figure(history, name, ops, inputs, moves)
+        written += save_figure(figure, Path(directory) / f"evolution_{name}", formats)
     return written
+
+
+def render_arch_figures(distributions: Mapping[str, Any] | None, history: History, ops: Sequence[str],
+                        directory: str | Path, title: str = "", inputs: Sequence[str] = DARTS_INPUTS,
+                        moves: Moves | None = None) -> list[Path]:
+    """The heatmaps of ``distributions`` (when given) and their evolution over ``history``."""
+    written = [] if distributions is None else render_arch_heatmaps(distributions, ops, directory, title,
+                                                                      inputs=inputs, moves=moves)
+    return written + render_evolution(history, ops, directory, inputs=inputs, moves=moves)

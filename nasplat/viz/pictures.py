@@ -1,7 +1,9 @@
 """All pictures of one search epoch in one folder, and logging a folder to an MLflow run.
 
-Each part (cells, network path, heatmaps, evolution, predictions) is drawn on its own: a part that
-fails is reported in :attr:`PictureSet.warnings` and the others are still written.
+The architecture pictures come from the space (``SearchSpace.figures``: by default the genotype's
+cells, the arch heatmaps and their evolution), the prediction overlays from here. Each part is drawn
+on its own: a part that fails is reported in :attr:`PictureSet.warnings` and the other is still
+written.
 """
 from __future__ import annotations
 
@@ -11,10 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from nasplat.viz.cells import DARTS_INPUTS, render_genotype_cells
-from nasplat.viz.heatmaps import History, render_arch_heatmaps, render_evolution
+from nasplat.viz.cells import renderer_of
+from nasplat.viz.heatmaps import History
 from nasplat.viz.overlays import render_overlays
-from nasplat.viz.paths import CELL_INPUTS, render_autodeeplab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,14 +39,10 @@ class PictureSet:
     seconds: float = 0.0
 
 
-def render_pictures(directory: str | Path, genotype: Any, distributions: Mapping[str, Any] | None,
-                    ops: Sequence[str], history: History = (), predictions: Predictions | None = None,
-                    title: str = "") -> PictureSet:
-    """Cells (or the Auto-DeepLab path and cell), arch heatmaps, their evolution, prediction overlays.
-
-    A genotype with a ``path`` field is drawn as Auto-DeepLab (path figure plus its cell); any other
-    genotype gets a picture per ``NAME``/``NAME_concat`` cell.
-    """
+def render_pictures(directory: str | Path, space: Any, genotype: Any, distributions: Mapping[str, Any] | None,
+                    history: History = (), predictions: Predictions | None = None, title: str = "") -> PictureSet:
+    """The space's architecture pictures (``space.figures``, a :class:`nasplat.SearchSpace`) and the
+    prediction overlays, written into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     result = PictureSet()
@@ -58,24 +55,8 @@ def render_pictures(directory: str | Path, genotype: Any, distributions: Mapping
             where = traceback.extract_tb(err.__traceback__)[-1]
             result.warnings.append(f"{name}: {type(err).__name__}: {err} ({Path(where.filename).name}:{where.lineno})")
 
-    hierarchical = hasattr(genotype, "path") and hasattr(genotype, "cell")
-    inputs = CELL_INPUTS if hierarchical else DARTS_INPUTS
-
-    def cells() -> list[Path]:
-        if hierarchical:
-            figures, cell = render_autodeeplab(genotype, directory)
-            rendered = [cell]
-        else:
-            figures, rendered = [], render_genotype_cells(genotype, directory)
-        if rendered:
-            result.cell_renderer = rendered[0].renderer
-        return figures + [path for r in rendered for path in r.paths]
-
-    part("cells", cells)
-    if distributions is not None:
-        part("heatmaps", lambda: render_arch_heatmaps(distributions, ops, directory, title, inputs=inputs))
-    if len(history) > 1:
-        part("evolution", lambda: render_evolution(history, ops, directory, inputs=inputs))
+    part("architecture", lambda: space.figures(genotype, directory, distributions, history, title))
+    result.cell_renderer = renderer_of(result.paths)
     if predictions is not None:
         part("predictions", lambda: render_overlays(
             predictions.images, predictions.masks, predictions.predictions, predictions.palette, directory,
