@@ -15,6 +15,8 @@ RETRAIN_FLAGS = FlagSpec(
     mapping_flags={"model_options": "--model-option"},
     list_flags={"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
                 "batch_sizes": (int, "+")},
+    metavars={"from_run": "RUN_ID", "genotype": "FILE", "data_root": "DIR", "eval_scales": "SCALE", "lr_range": ("LOW", "HIGH"),
+              "weight_decay_range": ("LOW", "HIGH"), "batch_sizes": "N"},
 )
 
 
@@ -31,6 +33,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import nasplat
     from nasplat.tracking.uri import ui_command
+    from pipelines.search import exit_status
 
     result = nasplat.retrain(RETRAIN_FLAGS.config_from_args(args))
     print("[nasplat] retrain finished")
@@ -43,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
     if result.registered_version is not None:
         print(f"[nasplat] registered model version: {result.registered_version}")
     print(f"[nasplat] open the MLflow UI: {ui_command(result.tracking_uri)}", flush=True)
-    return 0
+    return exit_status(result)

@@ -11,6 +11,7 @@ from pipelines.config_args import FlagSpec
 SEARCH_FLAGS = FlagSpec(
     SearchConfig,
     mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
+    metavars={"data_root": "DIR"},
 )
 
 
@@ -40,4 +41,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"[nasplat] genotype written to {result.run_dir}/genotype.json")
     print(f"[nasplat] MLflow parent run: {result.run_id} (best trial run: {result.best_run_id})")
     print(f"[nasplat] open the MLflow UI: {ui_command(result.tracking_uri)}", flush=True)
-    return 0
+    return exit_status(result)
+
+
+def exit_status(result: Any) -> int:
+    """0 when every trial succeeded, 3 when some failed (the result printed is the best of the others)."""
+    if not result.failed_trials:
+        return 0
+    print(f"[nasplat] warning: {result.failed_trials} trial(s) failed (tag nasplat.failure_reason of their MLflow runs "
+          "says why); the result above is the best of the others", flush=True)
+    return 3

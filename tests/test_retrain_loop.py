@@ -9,7 +9,8 @@ from torch import nn
 
 from nasplat.training.config import ConfigError
 from nasplat.retraining.config import RetrainConfig
-from nasplat.retraining.loop import Retrainer, TrainingDiverged, poly_scheduler, segmentation_loss
+from nasplat.retraining.loop import Retrainer, poly_scheduler, segmentation_loss
+from nasplat.training.divergence import TrainingDiverged
 from nasplat.retraining.model_file import ModelSpec, load_model_checkpoint, read_checkpoint
 from nasplat.training.evaluation import evaluate_model, predict_probabilities
 from search_spaces.darts import DARTS_V2

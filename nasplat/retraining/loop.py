@@ -25,6 +25,7 @@ from nasplat.retraining.model_file import BEST_MODEL_FILE, DATA_FIELDS, ModelSpe
 from nasplat.training.checkpoints import atomic_save, load_state
 from nasplat.training.collectives import average_, average_buffers_, broadcast_module_, rank, world_size
 from nasplat.training.config import ConfigError
+from nasplat.training.divergence import global_mean, require_finite
 from nasplat.training.evaluation import evaluate_model, validation_loader
 from nasplat.training.metrics import IGNORE_INDEX
 from nasplat.training.seeding import seed_everything
@@ -58,10 +59,6 @@ def segmentation_loss(model: nn.Module, outputs: Any, target: torch.Tensor, aux_
             total = total + aux_weight * F.cross_entropy(
                 logits, _resize_labels(target, logits.shape[-2:]), ignore_index=IGNORE_INDEX)
     return total
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class Retrainer:
@@ -115,16 +112,12 @@ class Retrainer:
             loss_sum += loss.detach()
             steps += 1
             samples += images.shape[0]
-        loss_mean = (loss_sum / max(steps, 1)).reshape(1)
-        average_([loss_mean])  # every rank sees the same value, so all of them stop together
-        if not math.isfinite(float(loss_mean)):
-            raise TrainingDiverged(
-                f"training diverged in epoch {self.epoch + 1}: the mean training loss is {float(loss_mean)} "
-                f"(lr {lr:g}, batch size {self.config.batch_size}); lower --lr or raise --image-size"
-            )
+        loss_mean = global_mean(loss_sum, steps, self.device)  # the same on every rank: all of them stop together
+        require_finite(self.epoch + 1, f"lr {lr:g}, batch size {self.config.batch_size}; lower --lr or raise "
+                       "--image-size", loss=loss_mean)
         elapsed = time.perf_counter() - started
         self.epoch += 1
-        return {"train_loss": float(loss_mean), "lr": lr, "epoch_time_s": elapsed,
+        return {"train_loss": loss_mean, "lr": lr, "epoch_time_s": elapsed,
                 "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
 
     def evaluate(self, scales: Sequence[float] | None = None, flip: bool | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_session import start_ray
 from nasplat.runtime.resources import plan_resources
 from nasplat.tracking import schema
+from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_run
 from nasplat.tracking.uri import resolve_tracking_uri
 from nasplat.training.config import ExperimentConfig
@@ -90,14 +91,17 @@ class ExperimentRun:
     def errors(self) -> list[BaseException]:
         return [r.error for r in self.results if r.error is not None]
 
-    def best(self, key: str, allow_errored: bool = False) -> tune.Result:
-        """The trial with the highest reported ``key`` (among those that finished, unless ``allow_errored``);
-        AllTrialsFailed naming the first error when there is none."""
-        finished = [r for r in self.results
-                    if (allow_errored or r.error is None) and r.metrics and key in r.metrics]
+    def best(self, key: str) -> tune.Result:
+        """The finished trial with the highest reported ``key``; AllTrialsFailed (and the parent run FAILED, with
+        the reason) when no trial finished."""
+        finished = [r for r in self.results if r.error is None and r.metrics and key in r.metrics]
         if not finished:
             errors = self.errors()
-            raise AllTrialsFailed(f"every trial failed; first error: {errors[0] if errors else 'no result reported'}")
+            reason = f"every trial failed; first error: {errors[0] if errors else 'no result reported'}"
+            parent = RunLogger(self.config.tracking_uri, self.parent_run_id)
+            parent.set_tags({schema.FAILURE_REASON_TAG: reason[:5000]})
+            parent.finish("FAILED")
+            raise AllTrialsFailed(reason)
         return max(finished, key=lambda r: r.metrics[key])
 
     def trial_run_id(self, result: tune.Result) -> str:

@@ -116,7 +116,7 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Experim
         param_space=param_space, search_alg=search_alg, scheduler=scheduler, num_samples=config.trials, argv=argv,
     )
     run = run_experiment(experiment, on_parent_run=record_genotype)
-    best = run.best("best_val_miou", allow_errored=True)
+    best = run.best("best_val_miou")
     best_run_id = run.trial_run_id(best)
     checkpoint = f"{run.run_dir}/{BEST_MODEL_FILE}"
     with tempfile.TemporaryDirectory(prefix="nasplat-best-") as tmp:
@@ -135,4 +135,4 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Experim
     metrics = {"best_val_miou": float(best.metrics["best_val_miou"]), "best_epoch": int(best.metrics["best_epoch"])}
     return ExperimentResult(genotype, run.parent_run_id, metrics, best_run_id, config.tracking_uri, run.run_dir,
                             checkpoint=checkpoint, model_uri=model_uri, registered_version=version,
-                            model_label=source.label)
+                            model_label=source.label, failed_trials=len(run.errors()))

@@ -83,4 +83,5 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> Experimen
     write_bytes(f"{run.run_dir}/{schema.GENOTYPE_ARTIFACT}", (genotype.to_json() + "\n").encode())
     metrics = {"best_val_miou": float(best.metrics["val_miou"]), "arch_entropy": best.metrics.get("arch_entropy"),
                "epoch": int(best.metrics["epoch"])}
-    return ExperimentResult(genotype, run.parent_run_id, metrics, best_run_id, config.tracking_uri, run.run_dir)
+    return ExperimentResult(genotype, run.parent_run_id, metrics, best_run_id, config.tracking_uri, run.run_dir,
+                            failed_trials=len(run.errors()))

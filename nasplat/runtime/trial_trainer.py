@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 from nasplat.runtime.driver import TrialStart
 from nasplat.runtime.ray_session import HEALTH_CHECK_ENV
-from nasplat.runtime.worker import worker_loop_config
+from nasplat.runtime.worker import FAILED_KEY, REASON_KEY, worker_loop_config
+from nasplat.tracking.schema import FAILURE_REASON_TAG
 from nasplat.training.storage import run_location
-from nasplat.tracking.logger import RunLogger
+from nasplat.tracking.logger import RunLogger, closing_loggers
 
 
 def fit_trial(
@@ -28,7 +29,7 @@ def fit_trial(
 
     config, trial_id, run_id = trial.config, trial.trial_id, trial.run_id
     trainer = TorchTrainer(
-        worker,
+        closing_loggers(worker),  # the worker's MLflow queue is delivered (or saved) before Ray ends it
         datasets=datasets,
         train_loop_config=worker_loop_config(config, run_id, **extras),
         torch_config=TorchConfig(backend="nccl" if config.gpus_per_worker > 0 else "gloo"),
@@ -48,9 +49,18 @@ def fit_trial(
             worker_runtime_env={"env_vars": dict(HEALTH_CHECK_ENV)},
         ),
     )
+    logger = RunLogger(config.tracking_uri, run_id)
     try:
-        trainer.fit()
-    except Exception:
-        RunLogger(config.tracking_uri, run_id).finish("FAILED")
+        result = trainer.fit()
+    except Exception as err:
+        logger.set_tags({FAILURE_REASON_TAG: f"{type(err).__name__}: {err}"[:5000]})
+        logger.finish("FAILED")
         raise
-    RunLogger(config.tracking_uri, run_id).finish("FINISHED")
+    if result.metrics and result.metrics.get(FAILED_KEY):
+        logger.finish("FAILED")
+        raise TrialFailed(str(result.metrics[REASON_KEY]))
+    logger.finish("FINISHED")
+
+
+class TrialFailed(RuntimeError):
+    """The trial ended for a reason that retrying cannot change (divergence); Tune marks it ERROR."""

@@ -7,6 +7,7 @@ MLflow logger on rank 0, the checkpoint to resume from, and writes each epoch's 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -17,11 +18,16 @@ import ray.train
 import torch
 
 from nasplat.tracking.logger import RunLogger
-from nasplat.tracking.schema import WORKER_NODE_TAG
+from nasplat.tracking.schema import FAILURE_REASON_TAG, WORKER_NODE_TAG
 from nasplat.training.config import ExperimentConfig
+from nasplat.training.divergence import TrainingDiverged
 
 RUN_ID_KEY = "_nasplat_run_id"
 TRACKING_KEY = "_nasplat_tracking_uri"
+FAILED_KEY = "trial_failed"
+REASON_KEY = "failure_reason"
+FAILURE_FILE = "failure.json"
+"""Written in place of a state file when a trial failed for good: a resumed trial reports the same failure."""
 
 
 class Restorable(Protocol):
@@ -69,11 +75,16 @@ def start_worker(loop_config: dict[str, Any], config_type: type[ExperimentConfig
 
 
 def restore_latest(context: WorkerContext, loop: Restorable) -> None:
-    """Load the trial's latest checkpoint into ``loop`` when Ray Train hands one over (resume or restart)."""
+    """Load the trial's latest checkpoint into ``loop`` when Ray Train hands one over (resume or restart).
+
+    A trial that failed for good (divergence) stays failed: its failure is raised again, not retrained."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return
     with checkpoint.as_directory() as directory:
+        failure = Path(directory) / FAILURE_FILE
+        if failure.is_file():
+            raise TrainingDiverged(json.loads(failure.read_text())[REASON_KEY])
         loop.restore(directory)
     if context.is_rank0:
         print(f"[nasplat] resumed from {checkpoint.path} at epoch {loop.epoch}", flush=True)
@@ -87,3 +98,19 @@ def report_epoch(context: WorkerContext, metrics: dict[str, Any], write: Callabl
             write(Path(directory))
         checkpoint = ray.train.Checkpoint.from_directory(directory) if context.is_rank0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
+    if context.logger is not None:
+        context.logger.flush()  # after the checkpoint is stored; bounded, and no wait while MLflow is down
+
+
+def report_failure(context: WorkerContext, epoch: int, error: TrainingDiverged) -> None:
+    """End the trial on a deterministic failure in ``epoch`` (1-based) without an exception, so Ray Train does not
+    restart the workers: rank 0 tags the trial's run with the reason; every rank reports a result flagged failed."""
+    metrics = {"epoch": epoch, FAILED_KEY: 1.0, REASON_KEY: str(error), "val_miou": float("nan")}  # Tune's metric
+
+    def write(directory: Path) -> None:
+        (directory / FAILURE_FILE).write_text(json.dumps(metrics))
+        context.logger.set_tags({FAILURE_REASON_TAG: str(error)})
+
+    if context.is_rank0:
+        print(f"[nasplat] {error}", flush=True)
+    report_epoch(context, metrics, write)

@@ -22,6 +22,7 @@ from nasplat.data.sources import SearchData, search_data
 from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.spaces.genotype import Genotype
 from nasplat.training.checkpoints import atomic_save, load_state
+from nasplat.training.divergence import global_mean, require_finite
 from nasplat.training.evaluation import evaluate_model, validation_loader
 from nasplat.training.metrics import IGNORE_INDEX
 from nasplat.training.seeding import seed_everything
@@ -161,8 +162,11 @@ class SupernetSearch:
             samples += batch_a[0].shape[0]
         self.scheduler.step()
         self.epochs_trained += 1
+        train_loss = global_mean(totals["train_loss"], steps, self.device)  # the same on every rank
+        require_finite(self.epoch + 1, f"w_lr {lr:g}, arch_lr {self.arch_optimizer.param_groups[0]['lr']:g}; lower "
+                       "--w-lr or --arch-lr", loss=train_loss, tensors=self.model.arch_parameters())
         elapsed = time.perf_counter() - started
-        result = {"train_loss": totals["train_loss"] / max(steps, 1), "w_lr": lr, "epoch_time_s": elapsed,
+        result = {"train_loss": train_loss, "w_lr": lr, "epoch_time_s": elapsed,
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)

@@ -34,6 +34,9 @@ LAST_EPOCH_TAG = "last_epoch"
 GENOTYPE_CHANGED_TAG = "genotype_changed"
 """Prefix: ``genotype_changed.epoch_NNN`` = the new genotype hash at that epoch."""
 
+FAILURE_REASON_TAG = "nasplat.failure_reason"
+"""Why a trial (and, when no trial finished, its parent) failed: divergence, or the error that ended it."""
+
 # lineage of a retrain
 SEARCH_RUN_TAG = "nasplat.source_search_run"
 TRIAL_RUN_TAG = "nasplat.source_trial_run"

@@ -27,3 +27,5 @@ class ExperimentResult:
     """Retrain: the MLflow URI of the logged best model."""
     registered_version: str | None = None
     model_label: str | None = None
+    failed_trials: int = 0
+    """Trials that ended in an error (divergence, a crash); the best of the others is reported."""
