@@ -221,6 +221,9 @@ class DartsSpace(SearchSpace):
     def supernet(self, num_classes: int, **options) -> DartsSupernet:
         return DartsSupernet(num_classes, **options)
 
+    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, **options) -> int:
+        return stem_stride * 2 ** reductions
+
     def decode(self, arch: Mapping[str, torch.Tensor], **options) -> DartsGenotype:
         self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))

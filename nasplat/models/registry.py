@@ -38,8 +38,13 @@ def available_models() -> tuple[str, ...]:
     return tuple(sorted(_MODELS))
 
 
-def get_model(name: str, num_classes: int, **options) -> nn.Module:
-    """Build a registered model: ``get_model("deeplabv3plus", num_classes=19, backbone="resnet101")``."""
+def model_factory(name: str) -> ModelFactory:
+    """The factory registered under ``name`` (UnknownModelError listing the others when there is none)."""
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS)) or 'none'}")
-    return _MODELS[name](num_classes=num_classes, **options)
+    return _MODELS[name]
+
+
+def get_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Build a registered model: ``get_model("deeplabv3plus", num_classes=19, backbone="resnet101")``."""
+    return model_factory(name)(num_classes=num_classes, **options)

@@ -73,9 +73,3 @@ class RetrainConfig(ExperimentConfig):
         if (not isinstance(self.batch_sizes, (list, tuple)) or not self.batch_sizes
                 or not all(is_count(b) for b in self.batch_sizes)):
             raise ConfigError(f"config field 'batch_sizes' must be a non-empty list of positive integers, got {self.batch_sizes!r}")
-        largest = max([self.batch_size, *self.batch_sizes]) if self.trials > 1 else self.batch_size
-        if self.dataset == "synthetic" and self.train_samples < self.workers * largest:
-            raise ConfigError(
-                f"config field 'train_samples' ({self.train_samples}) must give each of the {self.workers} workers "
-                f"at least one full batch (batch size up to {largest})"
-            )

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import ray
 from ray import tune
 
+from nasplat.runtime.preflight import check_worker_share
 from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_session import start_ray
 from nasplat.runtime.resources import plan_resources
@@ -122,6 +123,7 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     try:
         plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker,
                               config.gpus_per_worker, reserve_cpus=experiment.reserve_cpus)
+        check_worker_share(plan)
         log(f"resources: {plan.describe()}")
         parent_run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, experiment.kind,
                                         config.to_dict(), tags=experiment.parent_tags, argv=experiment.argv)

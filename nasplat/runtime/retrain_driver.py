@@ -15,14 +15,15 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from nasplat.models import available_models
+from nasplat.models import available_models, model_factory
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE
+from nasplat.runtime import preflight
 from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
 from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.retrain_worker import SOURCE_KEY, retrain_worker
 from nasplat.runtime.trial_trainer import fit_trial
-from nasplat.spaces.registry import genotype_from_dict
+from nasplat.spaces.registry import genotype_from_dict, registered_space
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.models import log_best_model
@@ -51,10 +52,17 @@ class RetrainProgress(TrialProgress):
 
 
 def prepare_retrain(config: RetrainConfig) -> RetrainConfig:
-    """Absolute paths (the genotype file too) and a run name."""
+    """Absolute paths (the genotype file too) and a run name; the data, the Ray and MLflow addresses and the local
+    plan checked before Ray starts."""
     label = config.baseline or ("genotype" if config.genotype else "search")
     genotype = str(Path(config.genotype).expanduser().resolve()) if config.genotype else None
-    return resolve_paths(config, f"retrain-{label}", genotype=genotype)
+    config = resolve_paths(config, f"retrain-{label}", genotype=genotype)
+    largest = max([config.batch_size, *config.batch_sizes]) if config.trials > 1 else config.batch_size
+    preflight.check_dataset(config.replace(batch_size=largest), lambda data: len(data.train_a) + len(data.train_b))
+    preflight.check_ray_address(config.address)
+    preflight.check_tracking_uri(config.tracking_uri)
+    preflight.local_plan(config)
+    return config
 
 
 def resolve_source(config: RetrainConfig) -> ModelSource:
@@ -64,6 +72,7 @@ def resolve_source(config: RetrainConfig) -> ModelSource:
         if config.baseline not in available_models():
             raise ConfigError(f"config field 'baseline': unknown model {config.baseline!r}; "
                               f"registered models: {', '.join(available_models())}")
+        preflight.check_options("model_options", model_factory(config.baseline), options, config.baseline)
         return ModelSource({"baseline": config.baseline, "options": options}, {}, config.baseline)
     lineage: dict[str, str] = {}
     if config.genotype:
@@ -80,6 +89,8 @@ def resolve_source(config: RetrainConfig) -> ModelSource:
             log(f"no model source given: using the latest finished search, run {run_id}")
         genotype, lineage = genotype_from_run(config.tracking_uri, run_id)
     parsed = genotype_from_dict(genotype)
+    preflight.check_options("model_options", registered_space(parsed.space).build, options,
+                            f"a {parsed.space} genotype's network")
     lineage[schema.GENOTYPE_HASH_TAG] = parsed.short_hash()
     return ModelSource({"genotype": genotype, "options": options}, lineage, f"{parsed.space}:{parsed.short_hash()}")
 

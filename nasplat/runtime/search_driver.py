@@ -11,6 +11,7 @@ from typing import Any
 from ray import tune
 
 from nasplat.data.shard_reader import verify_shards
+from nasplat.runtime import preflight
 from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
 from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_data
@@ -21,6 +22,7 @@ from nasplat.searching.loop import early_stop_config
 from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
+from nasplat.training.config import ConfigError
 from nasplat.training.result import ExperimentResult
 from nasplat.training.storage import write_bytes
 
@@ -46,13 +48,24 @@ class SearchProgress(TrialProgress):
 
 
 def prepare_search(config: SearchConfig) -> SearchConfig:
-    """Resolve paths and check what can be checked before Ray starts (space, early-stop rule, shards)."""
+    """Resolve paths and check, before Ray starts, everything that can be: the space and its options, the crop,
+    the early-stop rule, the data against batch and workers, the Ray and MLflow addresses, the local plan."""
     name, source = resolve_space_spec(config.space)
     config = resolve_paths(config, f"search-{name}", space=f"{source}:{name}" if source else name)
-    get_space(config.space)
+    space = get_space(config.space)
+    preflight.check_options("space_options", space.supernet, config.space_options, f"search space {name!r}")
+    try:
+        minimum = space.min_image_size(**config.space_options)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config field 'space_options': {err}") from None
+    preflight.check_crop(config.image_size, minimum, f"search space {name!r} with these options")
     early_stop_config(config)
+    preflight.check_dataset(config, lambda data: len(data.train_a))
     if uses_ray_data(config):
         verify_shards(config.dataset.split(":", 1)[1])
+    preflight.check_ray_address(config.address)
+    preflight.check_tracking_uri(config.tracking_uri)
+    preflight.local_plan(config, RESERVED_CPUS if uses_ray_data(config) else 0.0)
     return config
 
 

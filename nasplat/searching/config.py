@@ -51,8 +51,9 @@ class SearchConfig(ExperimentConfig):
         super().validate()
         if self.order not in (1, 2) or isinstance(self.order, bool):
             raise ConfigError(f"config field 'order' must be 1 (first order) or 2 (second order), got {self.order!r}")
-        if not is_count(self.warmup_epochs, 0) or self.warmup_epochs > self.epochs:
-            raise ConfigError(f"config field 'warmup_epochs' must be in 0..epochs ({self.epochs}), got {self.warmup_epochs!r}")
+        if not is_count(self.warmup_epochs, 0) or self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"config field 'warmup_epochs' must be in 0..epochs-1 ({self.epochs - 1}: at least one "
+                              f"epoch must update the architecture), got {self.warmup_epochs!r}")
         if self.train_samples < 2 * self.workers:
             raise ConfigError(
                 f"config field 'train_samples' ({self.train_samples}) must give each of the {self.workers} "

@@ -116,6 +116,11 @@ class SearchSpace(ABC):
             _ARCH_TEMPLATES[key] = (shapes, dict(supernet.decode_options()))
         return _ARCH_TEMPLATES[key]
 
+    def min_image_size(self, **options) -> int:
+        """The smallest crop the supernet built with ``options`` takes: its total stride (a smaller crop leaves
+        the coarsest feature maps under one pixel). Checked before a search starts; default 1 (no limit)."""
+        return 1
+
     def require_arch(self, arch: Mapping[str, torch.Tensor], *names: str) -> None:
         """Raise KeyError naming the space and the missing tensors if ``arch`` lacks any of ``names``."""
         missing = sorted(set(names) - set(arch))

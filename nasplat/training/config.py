@@ -14,6 +14,8 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DATASETS = ("synthetic", "voc", "cityscapes")
+"""Built-in dataset names; ``parquet:DIR`` names prepared shards."""
 
 _Config = TypeVar("_Config", bound="ConfigRecord")
 
@@ -134,6 +136,9 @@ class ExperimentConfig(ConfigRecord):
     max_failures: int = option(1, "worker-group restarts (from the last checkpoint) before a trial fails")
 
     def validate(self) -> None:
+        if not isinstance(self.dataset, str) or (self.dataset not in DATASETS and not self.dataset.startswith("parquet:")):
+            raise ConfigError(f"config field 'dataset' must be one of {', '.join(DATASETS)} or parquet:DIR, "
+                              f"got {self.dataset!r}")
         self.require_counts("image_size", "train_samples", "val_samples", "epochs", "batch_size", "workers", "trials")
         self.require_counts("seed", minimum=0)
         self.require_counts("max_failures", minimum=0)

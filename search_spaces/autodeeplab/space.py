@@ -15,7 +15,7 @@ from nasplat import Genotype, SearchSpace, cell_edges, decode_cell, register_spa
 from search_spaces.autodeeplab.genotype import AutoDeepLabGenotype
 from search_spaces.autodeeplab.network import AutoDeepLabNetwork
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
-from search_spaces.autodeeplab.paths import DEFAULT_BETA_NORM, check_beta_norm, sample_path, viterbi_path
+from search_spaces.autodeeplab.paths import DEFAULT_BETA_NORM, STRIDES, check_beta_norm, sample_path, viterbi_path
 from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet
 
 
@@ -38,6 +38,9 @@ class AutoDeepLabSpace(SearchSpace):
     def supernet(self, num_classes: int, **options) -> AutoDeepLabSupernet:
         """Options: ``F=8, L=12, B=5, beta_norm="paper", checkpoint_cells=False, stem_channels``."""
         return AutoDeepLabSupernet(num_classes, **options)
+
+    def min_image_size(self, **options) -> int:
+        return max(STRIDES)
 
     def decode(self, arch: Mapping[str, torch.Tensor], beta_norm: str | None = None) -> AutoDeepLabGenotype:
         """Cell: :func:`nasplat.decode_cell` (top-2 inputs per block, best non-``none`` op).
