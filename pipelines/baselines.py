@@ -8,14 +8,16 @@ compares mIoU, parameters, FLOPs and CPU latency.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
 from typing import Any
 
-from nasplat.training.config import ConfigError, load_config_file
+from nasplat.training.config import ConfigError
 from nasplat.retraining.config import RetrainConfig
 from nasplat.training.storage import run_location, write_bytes
+from pipelines.retrain import RETRAIN_FLAGS
 
 DEFAULT_EXPERIMENT = "nasplat-baselines"
 
@@ -29,6 +31,8 @@ MODELS: dict[str, dict[str, Any]] = {
 """Row name -> the retrain config fields that pick the model (``searched``: a search run's genotype)."""
 OWN_FIELDS = ("genotype", "from_run", "baseline", "model_options", "name", "register_model")
 """RetrainConfig fields this command sets per model instead of taking them as flags."""
+BASELINE_FLAGS = dataclasses.replace(RETRAIN_FLAGS, defaults={"experiment": DEFAULT_EXPERIMENT})
+"""Retrain's flags, but the rows of one comparison go to their own experiment unless --experiment or --config says."""
 
 
 def _models(text: str) -> list[str]:
@@ -94,38 +98,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def add_parser(subparsers) -> None:
-    from pipelines.retrain import RETRAIN_FLAGS
-
     parser = subparsers.add_parser(
         "baselines", help="retrain DUC-HDC, DeepLabV3+ (ResNet-101, MobileNetV2), ICNet and the searched genotype "
         "under one budget and print a comparison table",
         description="Each model is retrained by the same code as `nasplat retrain` with the options below, one MLflow "
         "parent run per model (named PREFIX-MODEL, in experiment nasplat-baselines unless --experiment), then "
         "evaluated; the table compares mIoU, parameters, FLOPs and CPU latency.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--models", default=",".join(MODELS), metavar="A,B,...",
-                        help=f"models to compare, comma-separated, from: {', '.join(MODELS)}")
-    parser.add_argument("--from-run", dest="search_run", help="search run (parent or trial) whose genotype is "
-                        "'searched' (default: the latest finished search)")
-    parser.add_argument("--name", dest="prefix", help="name prefix of the retrains (default baselines-<date>-<time>); "
-                        "the same prefix resumes them")
+                        help=f"the models to compare, comma-separated, from: {', '.join(MODELS)} (default: all)")
+    parser.add_argument("--from-run", dest="search_run", metavar="RUN_ID", help="search run (parent or trial) whose "
+                        "genotype is 'searched' (default: the latest finished search)")
+    parser.add_argument("--name", dest="prefix", help="name prefix of the retrains (default: "
+                        "baselines-<date>-<time>); the same prefix resumes them")
     parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for FLOPs and latency (default: the training crop)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    RETRAIN_FLAGS.add_arguments(parser, skip=OWN_FIELDS)
+    BASELINE_FLAGS.add_arguments(parser, skip=OWN_FIELDS)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.retrain import RETRAIN_FLAGS
-
     models = _models(args.models)
-    config = RETRAIN_FLAGS.config_from_args(args)
+    config = BASELINE_FLAGS.config_from_args(args)
     # the model fields are set per row; a --config file's model choice does not apply here
     config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
-    if "experiment" not in vars(args) and "experiment" not in (load_config_file(args.config) if args.config else {}):
-        config = config.replace(experiment=DEFAULT_EXPERIMENT)  # not retrain's default: the rows belong together
     prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = run_baselines(config, models, args.search_run, prefix,
                          tuple(args.latency_size) if args.latency_size else None)

@@ -13,7 +13,8 @@ from typing import Sequence
 from nasplat.training.config import ConfigError, ExperimentConfig
 from pipelines.config_args import CommandParser, DeprecatedAlias
 
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.search", "pipelines.sample", "pipelines.export", "pipelines.submit", "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.search", "pipelines.sample", "pipelines.export", "pipelines.submit",
+                                    "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
 """Modules that add a subcommand: each has ``add_parser(subparsers)``, which sets ``handler`` (args -> exit status)
 with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
 
@@ -52,7 +53,8 @@ def _add_data_parser(subparsers) -> None:
     prepare.add_argument("--skip-bad", action="store_true", help="skip unreadable or invalid samples and list "
                          "them in manifest.json instead of failing")
     prepare.add_argument("--max-shard-mb", type=float, default=256.0, help="shard size bound in MiB")
-    prepare.add_argument("--train-samples", type=int, default=ExperimentConfig.train_samples, help=helps["train_samples"])
+    prepare.add_argument("--train-samples", type=int, default=ExperimentConfig.train_samples,
+                         help=helps["train_samples"])
     prepare.add_argument("--val-samples", type=int, default=ExperimentConfig.val_samples, help=helps["val_samples"])
     prepare.add_argument("--synthetic-samples", type=int, nargs=2, dest="train_samples", action=DeprecatedAlias,
                          replacement="--train-samples N --val-samples N", targets=("train_samples", "val_samples"))

@@ -46,7 +46,7 @@ def prepare(
     if source == "synthetic":
         return _prepare_synthetic(out, synthetic_samples, image_size, seed, skip_bad, max_shard_bytes, progress)
     if not root:
-        raise ConfigError(f"`nasplat data prepare {source}` needs --root DIR, the folder holding the dataset "
+        raise ConfigError(f"`nasplat data prepare {source}` needs --data-root DIR, the folder holding the dataset "
                           "in its official layout (see docs/data.md)")
     splits = list(splits or default_splits(source, root))
     if source == "voc":

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasplat.training.config import ConfigError
+from nasplat.retraining.config import RetrainConfig
+from nasplat.training.config import ConfigError, ExperimentConfig
+from pipelines.config_args import DeprecatedAlias
 
 
 def evaluate_checkpoint(
@@ -92,19 +94,26 @@ def add_parser(subparsers) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="model file written by `nasplat retrain` (best_model.pt)")
-    source.add_argument("--run", help="MLflow run id of a retrain (parent or trial run): evaluate its best checkpoint")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI for --run (default: sqlite:///<cwd>/mlflow.db)")
-    parser.add_argument("--scales", type=float, nargs="+", help="evaluation scales (default: those of the retrain)")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average over horizontally flipped images too (default: as the retrain)")
+    source.add_argument("--run", metavar="RUN_ID",
+                        help="MLflow run id of a retrain (parent or trial run): evaluate its best checkpoint")
+    parser.add_argument("--tracking-uri", help=ExperimentConfig.help_texts()["tracking_uri"])
+    helps = RetrainConfig.help_texts()
+    parser.add_argument("--eval-scales", type=float, nargs="+", metavar="SCALE",
+                        help=helps["eval_scales"] + " (default: the retrain's)")
+    parser.add_argument("--eval-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help=helps["eval_flip"] + " (default: as the retrain)")
+    parser.add_argument("--scales", type=float, nargs="+", dest="eval_scales", action=DeprecatedAlias,
+                        replacement="--eval-scales")
+    for old, new, value in (("--flip", "--eval-flip", True), ("--no-flip", "--no-eval-flip", False)):
+        parser.add_argument(old, dest="eval_flip", nargs=0, const=value, action=DeprecatedAlias, replacement=new)
     parser.add_argument("--dataset", help="evaluate on another dataset spec than the recorded one (same classes)")
-    parser.add_argument("--data-root", help="where the dataset's official layout lives now")
+    parser.add_argument("--data-root", metavar="DIR", help="where the dataset's official layout lives now")
     parser.add_argument("--image-size", type=int, help="validation crop size (default: the training crop)")
-    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size (default 8)")
+    parser.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for FLOPs and latency (default: the training crop)")
-    parser.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes (default 10)")
-    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    parser.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes")
+    parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     parser.set_defaults(handler=run)
 
 
@@ -112,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
     from nasplat.tracking.queries import download_best_model
     from nasplat.tracking.uri import existing_store_uri
 
-    if args.scales is not None and not all(s > 0 for s in args.scales):
-        raise ConfigError(f"--scales must be > 0, got {args.scales}")
+    if args.eval_scales is not None and not all(s > 0 for s in args.eval_scales):
+        raise ConfigError(f"--eval-scales must be > 0, got {args.eval_scales}")
     overrides = {key: getattr(args, key) for key in ("dataset", "data_root", "image_size") if getattr(args, key) is not None}
     with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
         path = Path(args.checkpoint) if args.checkpoint else download_best_model(
             existing_store_uri(args.tracking_uri), args.run, tmp)
-        report = evaluate_checkpoint(path, args.scales, args.flip, overrides, args.latency_size,
+        report = evaluate_checkpoint(path, args.eval_scales, args.eval_flip, overrides, args.latency_size,
                                      args.latency_repeats, args.batch_size)
     if args.run:
         report["checkpoint"] = f"MLflow run {args.run}"

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nasplat.training.config import ConfigError
+from nasplat.training.config import ConfigError, ExperimentConfig
 
 if TYPE_CHECKING:
     import torch
@@ -38,15 +38,15 @@ def add_parser(subparsers) -> None:
         "exit with status 1 when it exceeds atol + rtol * max|PyTorch output|.",
     )
     parser.add_argument("--run", required=True, metavar="RUN_ID", help="MLflow run id: a retrain run or its parent")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="output format (default onnx)")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="output format")
     parser.add_argument("--out", help="output file (default: ./<model run id>.onnx or .pt)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--tracking-uri", help=ExperimentConfig.help_texts()["tracking_uri"])
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="input height and width (default: the logged signature's, else 512 1024)")
-    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help=f"absolute tolerance (default {DEFAULT_ATOL})")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance")
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                        help=f"tolerance relative to the largest PyTorch output magnitude (default {DEFAULT_RTOL})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random check input (default 0)")
+                        help="tolerance relative to the largest PyTorch output magnitude")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random check input")
     parser.set_defaults(handler=run_export)
 
 

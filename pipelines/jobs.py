@@ -7,7 +7,6 @@ client. Ray 2.60 clusters check a token on every dashboard request when token au
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -136,6 +135,8 @@ def call(client: Any, method: str, *args: Any, **kwargs: Any) -> Any:
 
 def follow_logs(client: Any, job_id: str, out=None) -> str:
     """Stream the job's logs until it ends; return its final status (``SUCCEEDED``, ``FAILED``, ``STOPPED``)."""
+    import asyncio
+
     out = out or sys.stdout
 
     async def tail() -> None:

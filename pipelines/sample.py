@@ -1,9 +1,11 @@
-"""``nasplat sample-genotype``: a uniformly random genotype of a search space, as JSON."""
+"""``nasplat sample-genotype``: a uniformly random genotype of a search space, as JSON (printed as search prints)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from nasplat.searching.config import SearchConfig
 
 
 def add_parser(subparsers) -> None:
@@ -14,9 +16,8 @@ def add_parser(subparsers) -> None:
         "or write it to --out. The same seed always gives the same genotype; use it as a random-search baseline "
         "(`nasplat retrain` takes the file like a searched genotype).",
     )
-    parser.add_argument("--space", default="darts", help="search space: a registered name (darts, autodeeplab) or "
-                        "FILE.py:NAME / package.module:NAME (default darts)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--space", default=SearchConfig.space, help=SearchConfig.help_texts()["space"])
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--space-option", dest="space_options", action="append", default=[], metavar="KEY=VALUE",
                         help="supernet option that shapes the genotype, repeatable (autodeeplab: L=12, B=5, "
                         "beta_norm=paper; darts: none change the genotype)")
@@ -30,6 +31,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from nasplat.training.config import ConfigError
 
     from pipelines.config_args import parse_key_values
+    from pipelines.search import format_genotype
 
     space = get_space(args.space)
     options = parse_key_values("--space-option", args.space_options)
@@ -42,5 +44,5 @@ def run_sample(args: argparse.Namespace) -> int:
         print(f"[nasplat] {space.name} genotype {genotype.short_hash()} (seed {args.seed}) written to {path}",
               file=sys.stderr)
     else:
-        print(genotype.to_json())
+        print(format_genotype(genotype))
     return 0

@@ -10,7 +10,6 @@ parent run gets the job's submission id as the tag ``nasplat.ray_job_id`` (see
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import shlex
 import sys
@@ -184,6 +183,8 @@ def run_submit(args: argparse.Namespace) -> int:
     command = job_command(args.command, args.tracking_uri, address)
     pip = list(args.pip)
     if args.pin_installed:
+        import importlib.metadata
+
         pip.append(f"nasplat=={importlib.metadata.version('nasplat')}")
     working_dir = args.working_dir if (args.working_dir or pip) else "."
     env = runtime_env(working_dir, pip, _parse_env(args.env))

@@ -18,7 +18,7 @@ from pipelines.cli import main
 
 def test_prepare_voc_writes_train_aug_and_val(tmp_path, capsys):
     root = make_voc_fixture(tmp_path / "voc")
-    assert main(["data", "prepare", "voc", "--root", str(root), "--out", str(tmp_path / "shards")]) == 0
+    assert main(["data", "prepare", "voc", "--data-root", str(root), "--out", str(tmp_path / "shards")]) == 0
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train_aug", "val"} and manifest["num_classes"] == 21
     assert "nasplat search --dataset parquet:" in capsys.readouterr().out
@@ -26,7 +26,7 @@ def test_prepare_voc_writes_train_aug_and_val(tmp_path, capsys):
 
 def test_prepare_cityscapes_stores_train_ids(tmp_path):
     root = make_cityscapes_fixture(tmp_path / "cs")
-    assert main(["data", "prepare", "cityscapes", "--root", str(root), "--out", str(tmp_path / "shards")]) == 0
+    assert main(["data", "prepare", "cityscapes", "--data-root", str(root), "--out", str(tmp_path / "shards")]) == 0
     table = pq.read_table(sorted((tmp_path / "shards").glob("train-*.parquet"))[0])
     record = cityscapes_records(root, "train")[0]
     stored = decode_mask(table.column("mask")[0].as_py())
@@ -40,22 +40,23 @@ def test_prepare_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     image = next((root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
     image.write_bytes(image.read_bytes()[: len(image.read_bytes()) // 2])
     out = tmp_path / "shards"
-    assert main(["data", "prepare", "voc", "--root", str(root), "--out", str(out)]) == 2
+    assert main(["data", "prepare", "voc", "--data-root", str(root), "--out", str(out)]) == 2
     assert image.name in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
-    assert main(["data", "prepare", "voc", "--root", str(root), "--out", str(out), "--skip-bad"]) == 0
+    assert main(["data", "prepare", "voc", "--data-root", str(root), "--out", str(out), "--skip-bad"]) == 0
     skipped = json.loads((out / "manifest.json").read_text())["skipped"]
     assert len(skipped) >= 1 and any(image.name in s["path"] for s in skipped)
 
 
 def test_prepare_missing_root_is_a_clear_error(tmp_path, capsys):
-    assert main(["data", "prepare", "cityscapes", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["data", "prepare", "cityscapes", "--data-root", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
 
 
 def test_search_data_from_shards_has_disjoint_halves(tmp_path, monkeypatch):
     out = tmp_path / "shards"
-    assert main(["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "11", "4",
+    assert main(["data", "prepare", "synthetic", "--out", str(out), "--train-samples", "11", "--val-samples", "4",
                  "--image-size", "20"]) == 0
     with monkeypatch.context() as patch:  # metadata and counts without reading the sample-id column
         patch.setattr(ShardDataset, "sample_ids", lambda self: pytest.fail("read the sample ids"))
@@ -95,7 +96,7 @@ def test_prepare_without_root_is_one_clear_line(tmp_path, capsys):
     assert main(["data", "prepare", "voc", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("nasplat: error: `nasplat data prepare voc` needs --root DIR")
+    assert err.startswith("nasplat: error: `nasplat data prepare voc` needs --data-root DIR")
     assert not (tmp_path / "o").exists()
 
 
@@ -113,7 +114,8 @@ def test_prepare_refuses_a_folder_with_foreign_files_and_deletes_nothing(tmp_pat
     else:  # a shard-like name is foreign too unless an earlier prepare recorded it
         (out / foreign).write_bytes(b"not written by nasplat")
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    argv = ["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "4", "2", "--image-size", "16"]
+    argv = ["data", "prepare", "synthetic", "--out", str(out), "--train-samples", "4", "--val-samples", "2",
+            "--image-size", "16"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{out}: holds {foreign}, which `nasplat data prepare` did not write" in err
@@ -123,11 +125,11 @@ def test_prepare_refuses_a_folder_with_foreign_files_and_deletes_nothing(tmp_pat
 
 def test_prepare_refuses_another_datasets_folder_and_resumes_its_own(tmp_path, capsys):
     out = tmp_path / "shards"
-    cityscapes = ["data", "prepare", "cityscapes", "--root", str(make_cityscapes_fixture(tmp_path / "cs")),
+    cityscapes = ["data", "prepare", "cityscapes", "--data-root", str(make_cityscapes_fixture(tmp_path / "cs")),
                   "--out", str(out)]
     assert main(cityscapes) == 0
     before = _listing(out)
-    assert main(["data", "prepare", "synthetic", "--out", str(out), "--synthetic-samples", "4", "2",
+    assert main(["data", "prepare", "synthetic", "--out", str(out), "--train-samples", "4", "--val-samples", "2",
                  "--image-size", "16"]) == 2
     err = capsys.readouterr().err
     assert f"{out}: holds the shards of another dataset ('cityscapes'" in err

@@ -171,7 +171,7 @@ def test_autodeeplab_search_with_robustdarts_stop(tmp_path):
 @pytest.mark.slow
 def test_search_on_prepared_parquet_shards(tmp_path):
     root = make_cityscapes_fixture(tmp_path / "cityscapes", per_city=2)
-    prepared = _nasplat(["data", "prepare", "cityscapes", "--root", str(root), "--out", "shards"], tmp_path)
+    prepared = _nasplat(["data", "prepare", "cityscapes", "--data-root", str(root), "--out", "shards"], tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     result = _nasplat(["search", "--dataset", "parquet:shards", "--epochs", "1", "--image-size", "16",
                        "--batch-size", "1", "--space-option", "C=4", "--space-option", "layers=3", "--name", "pq"], tmp_path)
