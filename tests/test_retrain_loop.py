@@ -173,13 +173,20 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     ({"lr_range": [0.1, 0.01]}, "'lr_range'"),
     ({"batch_sizes": [4, 0]}, "'batch_sizes'"),
     ({"lr": 0}, "'lr' must be a number > 0"),
-    ({"train_samples": 8, "batch_size": 8, "workers": 2}, "'train_samples' \\(8\\)"),
     ({"model_options": "C=4"}, "'model_options' must be a mapping"),
     ({"placement_strategy": "spread"}, "'placement_strategy' must be one of"),
 ])
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
         RetrainConfig(**fields)
+
+
+def test_a_batch_larger_than_a_workers_share_is_refused_before_training():
+    from nasplat.runtime.preflight import check_dataset
+
+    config = RetrainConfig(train_samples=8, batch_size=8, workers=2)  # 4 samples per worker
+    with pytest.raises(ConfigError, match=r"'batch_size' \(8\) is larger than a worker's share .*\(4 samples"):
+        check_dataset(config, lambda data: len(data.train_a) + len(data.train_b))
 
 
 def test_config_from_dict_rejects_unknown_fields_and_round_trips():

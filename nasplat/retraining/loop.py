@@ -28,7 +28,7 @@ from nasplat.training.config import ConfigError
 from nasplat.training.divergence import global_mean, require_finite
 from nasplat.training.evaluation import evaluate_model, validation_loader
 from nasplat.training.metrics import IGNORE_INDEX
-from nasplat.training.seeding import seed_everything
+from nasplat.training.seeding import gather_rng_states, restore_worker_rng, seed_everything
 
 STATE_FILE = "retrain_state.pt"
 
@@ -92,6 +92,7 @@ class Retrainer:
         self.scheduler = poly_scheduler(self.optimizer, self.total_iters, config.poly_power)
         self.epoch = 0
         self.best: dict[str, Any] = {"val_miou": -math.inf, "epoch": 0, "metrics": {}, "state_dict": None}
+        self.worker_rng: list[dict[str, Any]] | None = None  # every worker's generators, see capture_rng()
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over this worker's shard; returns train_loss, lr (at the epoch's start), time, samples/s."""
@@ -152,15 +153,22 @@ class Retrainer:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
-                "torch_rng": torch.get_rng_state(), "spec": self.spec.to_dict()}
+                "worker_rng": self.worker_rng or gather_rng_states(), "spec": self.spec.to_dict()}
+
+    def capture_rng(self) -> None:
+        """Record every worker's generators for the next checkpoint (a collective: call it on every rank)."""
+        self.worker_rng = gather_rng_states()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("spec") != self.spec.to_dict():
+            raise ConfigError(f"the checkpoint trains {ModelSpec.from_dict(state['spec']).label()}, not "
+                              f"{self.spec.label()}: resume it with its own model source and options")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.best = dict(state["best"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_worker_rng(state["worker_rng"])
 
     def save(self, directory: str | Path) -> Path:
         """Training state (resume) and the best model file into ``directory``."""

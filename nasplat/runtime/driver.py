@@ -9,6 +9,7 @@ loop, the Tune search algorithm or scheduler, and what to do with the best trial
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -24,8 +25,8 @@ from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_run
 from nasplat.tracking.uri import resolve_tracking_uri
-from nasplat.training.config import ExperimentConfig
-from nasplat.training.storage import resolve_storage, run_location
+from nasplat.training.config import ConfigError, ExperimentConfig
+from nasplat.training.storage import read_bytes, resolve_storage, run_location, write_bytes
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -117,6 +118,7 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     """Run ``experiment`` to its end (or resume it); raises ExperimentInterrupted when it stopped early."""
     config = experiment.config
     run_dir = run_location(config.storage, config.name)
+    keep_settings(config, run_dir)
     log(f"MLflow tracking store: {config.tracking_uri}")
     log(f"run directory (checkpoints): {run_dir}")
     started_ray = start_ray(config.address, config.trials)
@@ -142,6 +144,27 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
             f"Run the same command with --name {config.name} to resume it."
         )
     return ExperimentRun(config, results, parent_run_id, run_dir)
+
+
+CONFIG_FILE = "nasplat_config.json"
+"""The settings a run started with, in its run folder: a resumed run must ask for the same ones."""
+
+
+def keep_settings(config: ExperimentConfig, run_dir: str) -> None:
+    """Record ``config`` in the run folder, or check it against the recorded one: resuming a run (same name) with
+    other settings is refused with the list of differences (Tune would silently keep the stored ones)."""
+    location = f"{run_dir}/{CONFIG_FILE}"
+    stored = read_bytes(location)
+    current = config.to_dict()
+    if stored is None:
+        write_bytes(location, (json.dumps(current, indent=2) + "\n").encode())
+        return
+    recorded = json.loads(stored)
+    changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
+    if changed:
+        listed = "; ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise ConfigError(f"run {config.name!r} in {run_dir} was started with other settings ({listed}); resume it "
+                          f"with the same options, or start a new run with another --name")
 
 
 def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str, float], concurrent: int,

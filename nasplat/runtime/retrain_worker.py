@@ -60,4 +60,5 @@ def _retrain_epochs(context: WorkerContext, trainer: Retrainer) -> None:
                 logger.log_json(evaluation["confusion_matrix"], schema.CONFUSION_ARTIFACT)
                 logger.set_tags({schema.BEST_EPOCH_TAG: trainer.best["epoch"]})
 
+        trainer.capture_rng()  # every rank: its generators go into rank 0's checkpoint
         report_epoch(context, metrics, write)

@@ -92,6 +92,7 @@ def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:
             if folders:
                 _log_pictures(logger, search, result, folders, epoch, step)
 
+        search.capture_rng()  # every rank: its generators go into rank 0's checkpoint
         report_epoch(context, metrics, write)
         previous = metrics["genotype_hash"]
         if decision is not None and decision.ends_search:

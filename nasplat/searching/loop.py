@@ -25,7 +25,7 @@ from nasplat.training.checkpoints import atomic_save, load_state
 from nasplat.training.divergence import global_mean, require_finite
 from nasplat.training.evaluation import evaluate_model, validation_loader
 from nasplat.training.metrics import IGNORE_INDEX
-from nasplat.training.seeding import seed_everything
+from nasplat.training.seeding import gather_rng_states, restore_worker_rng, seed_everything
 from nasplat.searching.early_stop import EarlyStopConfig, EarlyStopper, StopDecision
 from nasplat.searching.hessian import dominant_hessian_eigenvalue
 from nasplat.spaces.registry import get_space
@@ -112,6 +112,7 @@ class SupernetSearch:
         self.hessian_batches = self._fixed_batches(self.data.train_b, config.hessian_batches) if self.stopper else []
         self.snapshots: dict[int, dict[str, Any]] = {}  # DARTS-ADA: end-of-epoch states by 0-based epoch
         self.arch_history: list[dict[str, Any]] = []  # one record_arch() per trained epoch, kept in checkpoints
+        self.worker_rng: list[dict[str, Any]] | None = None  # every worker's generators, see capture_rng()
 
     def _make_stopper(self) -> EarlyStopper | None:
         stop_config = early_stop_config(self.config)
@@ -262,15 +263,27 @@ class SupernetSearch:
             "snapshots": self.snapshots,
             "arch_history": self.arch_history,
             "config": self.config.to_dict(),
+            "worker_rng": self.worker_rng or gather_rng_states(),
         }
 
+    def capture_rng(self) -> None:
+        """Record every worker's generators for the next checkpoint (a collective: call it on every rank)."""
+        self.worker_rng = gather_rng_states()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        recorded = state.get("config", {})
+        if recorded.get("space") != self.config.space or recorded.get("space_options") != self.config.space_options:
+            raise ConfigError(f"the checkpoint is of search space {recorded.get('space')!r} with options "
+                              f"{recorded.get('space_options')}, not {self.config.space!r} with "
+                              f"{self.config.space_options}: resume it with its own settings")
         self._load_core(state)
         self.epochs_trained = int(state["epochs_trained"])
         if self.stopper is not None and state["stopper"] is not None:
             self.stopper.load_state_dict(state["stopper"])
         self.snapshots = {int(e): s for e, s in state["snapshots"].items()}
         self.arch_history = list(state.get("arch_history", []))  # absent in older checkpoints
+        if state.get("worker_rng"):
+            restore_worker_rng(state["worker_rng"])
 
     def save(self, directory: str | Path) -> Path:
         return atomic_save(self.state_dict(), Path(directory) / CHECKPOINT_FILE)

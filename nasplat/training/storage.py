@@ -33,3 +33,16 @@ def write_bytes(location: str, data: bytes) -> None:
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as stream:
         stream.write(data)
+
+
+def read_bytes(location: str) -> bytes | None:
+    """A file's bytes from a local path or a storage URI; None when there is no such file."""
+    if not is_uri(location):
+        return Path(location).read_bytes() if Path(location).is_file() else None
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
