@@ -5,6 +5,9 @@ memory, no init cost); forward passes use tiny inputs and few classes.
 """
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,7 @@ from torch import nn
 from nasplat.models import deeplabv3plus as dl
 from nasplat.models import duc_hdc as duc
 from nasplat.models.registry import _MODELS
+from nasplat.retraining.loop import segmentation_loss
 
 
 def n_params(model: nn.Module) -> int:
@@ -99,15 +103,19 @@ def test_output_stride_does_not_change_param_count():
 # --------------------------------------------------------------------------- DUC+HDC structure
 
 
+# TuSimple-DUC networks/resnet.py (REFERENCES section 4): res4 [1,2,5,9][i mod 4] except block 0 = 2;
+# res5 5, 9, 17. Written out:
+RELEASE_RES4_RATES = [2, 2, 5, 9, 1, 2, 5, 9, 1, 2, 5, 9, 1, 2, 5, 9, 1, 2, 5, 9, 1, 2, 5]
+RELEASE_RES5_RATES = [5, 9, 17]
+
+
 def test_hdc_per_block_rates_and_strides(duc_model):
     bb = duc_model.backbone
     layer3 = [b.conv2.dilation[0] for b in bb.layer3]
     layer4 = [b.conv2.dilation[0] for b in bb.layer4]
-    assert len(layer3) == 23
-    assert layer3[0] == 2
-    assert layer3[1:] == [(1, 2, 5, 9)[i % 4] for i in range(1, 23)]
-    assert layer3[:9] == [2, 2, 5, 9, 1, 2, 5, 9, 1]
-    assert layer4 == [5, 9, 17]
+    assert len(RELEASE_RES4_RATES) == 23
+    assert layer3 == RELEASE_RES4_RATES
+    assert layer4 == RELEASE_RES5_RATES
     for block in list(bb.layer3) + list(bb.layer4):
         assert block.conv2.padding == block.conv2.dilation  # same-size 3x3
         assert block.conv2.dilation[0] == block.conv2.dilation[1]
@@ -117,7 +125,6 @@ def test_hdc_per_block_rates_and_strides(duc_model):
     # layers 1-2 untouched: dilation 1, layer2 still strided
     assert all(b.conv2.dilation == (1, 1) for b in list(bb.layer1) + list(bb.layer2))
     assert bb.layer2[0].conv2.stride == (2, 2)
-    assert tuple(layer3) == duc.HDC_LAYER3_RATES and tuple(layer4) == duc.HDC_LAYER4_RATES
 
 
 def test_hdc_backbone_output_stride_8(duc_model):
@@ -156,6 +163,45 @@ def test_duc_hdc_output_at_input_size(duc_model, h, w):
     assert out.shape == (1, 3, h, w)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False))
+
+
+def test_duc_hdc_loss_is_taken_on_the_duc_output(duc_model):
+    # 2 classes; DUC output 4x4 for 8x8 labels: nearest neighbour reads labels at rows/cols 0, 2, 4, 6
+    target = torch.ones(1, 8, 8, dtype=torch.long)
+    target[0, ::2, ::2] = 0                        # every sampled label is 0 ...
+    target[0, 2, 4] = 1                            # ... but one,
+    target[0, 0, 0] = 255                          # and one is ignored
+    scores = torch.zeros(1, 2, 4, 4)
+    scores[0, 0] = 2.0                             # logits (2, 0) everywhere
+    # by hand: 14 pixels of class 0, 1 of class 1, 1 ignored
+    ce0, ce1 = math.log(math.exp(2) + 1) - 2, math.log(math.exp(2) + 1)
+    expected = (14 * ce0 + ce1) / 15
+    model = duc_model
+    assert model.loss(scores, target).item() == pytest.approx(expected, rel=1e-6)
+    direct = F.cross_entropy(scores, target[:, ::2, ::2], ignore_index=255)
+    assert model.loss(scores, target).item() == pytest.approx(direct.item(), rel=1e-6)
+    # the unsampled pixels (all 1) do not count; a bilinear upsampling to 8x8 would count them
+    upsampled = F.interpolate(scores, size=(8, 8), mode="bilinear", align_corners=False)
+    assert F.cross_entropy(upsampled, target, ignore_index=255).item() > 2 * expected
+    t7 = target.clone()
+    t7[t7 == 255] = 7
+    assert model.loss(scores, t7, ignore_index=7).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_duc_hdc_trains_on_the_half_resolution_scores(duc_model):
+    model = copy.deepcopy(duc_model).train()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.randint(0, 3, (2, 64, 64))
+    target[:, :8] = 255
+    with torch.no_grad():
+        out = model(x)
+        scores = model.scores(x)
+    assert out.shape == (2, 3, 32, 32)  # r = 4: the DUC output at 1/2 resolution, not resized
+    torch.testing.assert_close(out, scores)
+    expected = F.cross_entropy(scores, target[:, ::2, ::2], ignore_index=255)
+    # the retrain loop hands the train-mode output to the model's own loss
+    assert segmentation_loss(model, out, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert model.eval()(x).shape == (2, 3, 64, 64)
 
 
 def test_duc_hdc_loads_local_backbone_weights(duc_model, tmp_path):

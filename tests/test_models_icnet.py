@@ -187,18 +187,39 @@ def _loss_case():
     return outputs, target, (l4, l8, l16)
 
 
-def test_icnet_loss_hand_computed_default_weights():
+# The paper's loss (arXiv 1704.08545): L = sum_t lambda_t L_t, t = 1 (1/16), 2 (1/8), 3 (1/4),
+# with lambda_1 = 0.4, lambda_2 = 0.4, lambda_3 = 1. In (1/4, 1/8, 1/16) order:
+PAPER_LAMBDAS = (1.0, 0.4, 0.4)
+# hellochick/ICNet-tensorflow and pytorch-semseg: 0.4 ** k
+GEOMETRIC_LAMBDAS = (1.0, 0.4, 0.16)
+
+
+def test_icnet_loss_hand_computed_default_weights_are_the_papers():
     outputs, target, (l4, l8, l16) = _loss_case()
     got = icnet_loss(outputs, target)
-    assert got.item() == pytest.approx(1.0 * l4 + 0.4 * l8 + 0.16 * l16, rel=1e-6)
+    assert got.item() == pytest.approx(1.0 * l4 + 0.4 * l8 + 0.4 * l16, rel=1e-6)
     # Same with F.cross_entropy on explicitly downsampled labels.
     ref = (F.cross_entropy(outputs["out"], target[:, ::4, ::4], ignore_index=255)
            + 0.4 * F.cross_entropy(outputs["aux_1_8"], target[:, ::8, ::8], ignore_index=255)
-           + 0.16 * F.cross_entropy(outputs["aux_1_16"], target[:, :1, :1], ignore_index=255))
+           + 0.4 * F.cross_entropy(outputs["aux_1_16"], target[:, :1, :1], ignore_index=255))
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert got.item() != pytest.approx(1.0 * l4 + 0.4 * l8 + 0.16 * l16, rel=1e-3)  # not the geometric set
 
 
-@pytest.mark.parametrize("weights", [(1.0, 0.4, 0.4), (0.5, 0.0, 2.0)])
+def test_model_weights_default_to_the_paper_and_name_the_other_set():
+    assert ICNet(num_classes=3).clg_weights == PAPER_LAMBDAS
+    assert ICNet(num_classes=3, clg_weights="paper").clg_weights == PAPER_LAMBDAS
+    assert ICNet(num_classes=3, clg_weights="geometric").clg_weights == GEOMETRIC_LAMBDAS
+    outputs, target, (l4, l8, l16) = _loss_case()
+    assert icnet_loss(outputs, target, weights="geometric").item() == pytest.approx(
+        1.0 * l4 + 0.4 * l8 + 0.16 * l16, rel=1e-6)
+    with pytest.raises(ValueError, match="clg_weights.*geometric"):
+        ICNet(num_classes=3, clg_weights="hellochick")
+    with pytest.raises(ValueError, match="3 values"):
+        ICNet(num_classes=3, clg_weights=(1.0, 0.4))
+
+
+@pytest.mark.parametrize("weights", [PAPER_LAMBDAS, (0.5, 0.0, 2.0)])
 def test_icnet_loss_custom_weights(weights):
     outputs, target, terms = _loss_case()
     expected = sum(w * t for w, t in zip(weights, terms))
@@ -212,7 +233,7 @@ def test_icnet_loss_ignore_label():
     t2[0, 0, 0] = 255
     l4b = (13 * _ce2(2, 0, 0) + _ce2(2, 0, 1)) / 14       # (0,0) was a 1/4 sample of class 0
     l8b = (_ce2(1, 0, 0) + _ce2(0.5, 0, 0) + _ce2(0, 3, 1)) / 3
-    assert icnet_loss(outputs, t2).item() == pytest.approx(l4b + 0.4 * l8b + 0.16 * 0.0, rel=1e-6)
+    assert icnet_loss(outputs, t2).item() == pytest.approx(l4b + 0.4 * l8b + 0.4 * 0.0, rel=1e-6)
     # Changing ignored or non-sampled pixels changes nothing.
     t3 = target.clone()
     t3[0, 1:4, 1:4] = 0
@@ -226,13 +247,13 @@ def test_icnet_loss_ignore_label():
 
 
 def test_model_loss_backward_reaches_clg(small_model):
-    m = ICNet(num_classes=3, aux=True, clg_weights=(1.0, 0.4, 0.4)).train()
+    m = ICNet(num_classes=3, aux=True, clg_weights=GEOMETRIC_LAMBDAS).train()
     x = torch.randn(2, 3, 49, 65)
     target = torch.randint(0, 3, (2, 49, 65))
     target[:, :5] = 255
     outputs = m(x)
     loss = m.loss(outputs, target)
-    assert loss.item() == pytest.approx(icnet_loss(outputs, target, weights=(1.0, 0.4, 0.4)).item())
+    assert loss.item() == pytest.approx(icnet_loss(outputs, target, weights=GEOMETRIC_LAMBDAS).item())
     loss.backward()
     assert all(p.grad is not None for p in m.clg.parameters())
     assert m.backbone.stem[0][0].weight.grad is not None

@@ -21,9 +21,12 @@ Structure (``REFERENCES.md`` section 4):
   bias and no BN, **summed**, then ``PixelShuffle(r)``: channel ``c*r*r + i*r + j`` at ``(y, x)``
   becomes pixel ``(c, y*r + i, x*r + j)``. With r = ds_rate / cell_width = 8 / 2 = 4 (the release's
   Cityscapes setting) the scores are at 1/2 input resolution; r = 8 gives full resolution.
-* ``forward`` resizes the scores bilinearly (``align_corners=False``) to the input size, as the
-  release does at test time, so it returns [N, num_classes, H, W]. :meth:`DUCHDC.scores` returns
-  the un-resized map (the release trains it against nearest-downsampled labels).
+* **Outputs**: in eval mode ``forward`` resizes the scores bilinearly (``align_corners=False``)
+  to the input size, as the release does at test time: [N, num_classes, H, W]. In train mode it
+  returns the DUC output itself, :meth:`DUCHDC.scores` (1/2 resolution at r = 4), and
+  :meth:`DUCHDC.loss` takes the cross-entropy there against labels downsampled to that size by
+  nearest neighbour, as the release trains: the upsampling is what DUC learns, so the loss must
+  not be taken after a fixed bilinear one.
 
 Parameters, 19 classes, r = 4: 64,914,688 = backbone 42,500,160 + head 22,414,528.
 """
@@ -38,6 +41,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from nasplat.models.deeplabv3plus import load_backbone_weights
+from nasplat.models.losses import masked_cross_entropy, resize_labels
 from nasplat.models.registry import register_model
 
 __all__ = ["DUCHDC", "HDC_LAYER3_RATES", "HDC_LAYER4_RATES", "DUCHead", "hdc_resnet101"]
@@ -109,7 +113,10 @@ class DUCHead(nn.Module):
 
 @register_model("duc_hdc")
 class DUCHDC(nn.Module):
-    """DUC+HDC (arXiv:1702.08502): HDC ResNet-101 at output stride 8 + DUC head, logits at input size."""
+    """DUC+HDC (arXiv:1702.08502): HDC ResNet-101 at output stride 8 + DUC head.
+
+    Eval mode: logits at input size. Train mode: the DUC scores (r x the stride-8 map), for :meth:`loss`.
+    """
 
     def __init__(self, num_classes: int, r: int = 4, backbone_weights: str | os.PathLike | None = None) -> None:
         super().__init__()
@@ -122,4 +129,12 @@ class DUCHDC(nn.Module):
         return self.head(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(self.scores(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        scores = self.scores(x)
+        if self.training:
+            return scores
+        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def loss(self, outputs: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+        """Cross-entropy of the train-mode output (the DUC scores) against ``target`` [N, H, W]
+        downsampled to their size by nearest neighbour; mean over the pixels not ``ignore_index``."""
+        return masked_cross_entropy(outputs, resize_labels(target, outputs.shape[-2:]), ignore_index)

@@ -26,7 +26,10 @@ with padding 1, and every x2 shrink below, gives):
   upsampled bilinearly to the input size, as the released test prototxt does.
 * **CLG** (cascade label guidance, ``aux=True``): 1x1 classifiers (with bias) on each CFF's
   *upsampled* low-resolution input, giving auxiliary logits at 1/16 (from ``F1``) and 1/8 (from
-  the first CFF's output).  They are training-only.
+  the first CFF's output).  They are training-only.  The loss is ``sum_t lambda_t * CE_t``; the
+  paper weights the 1/16 and 1/8 terms with lambda_1 = lambda_2 = 0.4 and the 1/4 output with
+  lambda_3 = 1, the default here (``CLG_WEIGHT_SETS["paper"]``).  ``"geometric"`` (1, 0.4, 0.16)
+  is the choice of hellochick/ICNet-tensorflow and meetshah1995/pytorch-semseg.
 
 All bilinear resizes use ``align_corners=True``, the geometry of Caffe's ``Interp`` layer used by
 the release.  The pyramid pooling uses *adaptive* pooling (the release hard-codes kernels for a
@@ -74,9 +77,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasplat.models.losses import masked_cross_entropy, resize_labels
 from nasplat.models.registry import register_model
 
 __all__ = [
+    "CLG_WEIGHT_SETS",
     "DEFAULT_CLG_WEIGHTS",
     "OUTPUT_KEYS",
     "CascadeFeatureFusion",
@@ -85,14 +90,33 @@ __all__ = [
     "PyramidPoolingSum",
     "icnet_loss",
     "inference_parameter_count",
+    "resolve_clg_weights",
 ]
 
-#: Weights of the 1/4, 1/8 and 1/16 loss terms (hellochick/ICNet-tensorflow, pytorch-semseg).
-#: mmseg and liminn/ICNet-pytorch use (1.0, 0.4, 0.4) instead.
-DEFAULT_CLG_WEIGHTS: tuple[float, float, float] = (1.0, 0.4, 0.16)
+#: Named weight sets for the 1/4, 1/8 and 1/16 loss terms, in that order.
+#: "paper": arXiv:1704.08545 (Zhao et al., ICNet), loss L = sum_t lambda_t L_t over the branches
+#: t = 1 (1/16), 2 (1/8), 3 (1/4), with lambda_1 = lambda_2 = 0.4 and lambda_3 = 1; mmseg, gluon-cv
+#: and liminn/ICNet-pytorch use the same.  "geometric": 0.4 ** k, the choice of
+#: hellochick/ICNet-tensorflow and meetshah1995/pytorch-semseg.
+CLG_WEIGHT_SETS: dict[str, tuple[float, float, float]] = {
+    "paper": (1.0, 0.4, 0.4),
+    "geometric": (1.0, 0.4, 0.16),
+}
+DEFAULT_CLG_WEIGHTS: tuple[float, float, float] = CLG_WEIGHT_SETS["paper"]
 
 #: Keys of the train-mode output dict, in the order ``icnet_loss`` weights them.
 OUTPUT_KEYS: tuple[str, str, str] = ("out", "aux_1_8", "aux_1_16")
+
+
+def resolve_clg_weights(value: str | Sequence[float]) -> tuple[float, float, float]:
+    """The (1/4, 1/8, 1/16) loss weights: a name from :data:`CLG_WEIGHT_SETS` or three numbers."""
+    if isinstance(value, str):
+        if value not in CLG_WEIGHT_SETS:
+            raise ValueError(f"unknown clg_weights {value!r}; choose from {sorted(CLG_WEIGHT_SETS)} or give 3 numbers")
+        return CLG_WEIGHT_SETS[value]
+    if len(value) != 3:
+        raise ValueError(f"clg_weights needs 3 values (1/4, 1/8, 1/16), got {value!r}")
+    return tuple(float(w) for w in value)  # type: ignore[return-value]
 
 
 def _half_size(size: Sequence[int]) -> tuple[int, int]:
@@ -220,7 +244,8 @@ class ICNet(nn.Module):
     Args:
         num_classes: number of output classes.
         aux: build the CLG classifiers and return auxiliary logits in train mode.
-        clg_weights: (1/4, 1/8, 1/16) loss weights used by :meth:`loss`.
+        clg_weights: (1/4, 1/8, 1/16) loss weights used by :meth:`loss`, or the name of a set in
+            :data:`CLG_WEIGHT_SETS` (default ``"paper"``: 1.0, 0.4, 0.4).
         backbone_weights: optional path to a local state dict for ``self.backbone``
             (a :class:`HalfPSPNet50Trunk`; a ``"backbone."`` key prefix or a ``"state_dict"``
             wrapper is accepted), loaded with ``torch.load(..., weights_only=True)``.
@@ -228,15 +253,13 @@ class ICNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 19, aux: bool = True,
-                 clg_weights: Sequence[float] = DEFAULT_CLG_WEIGHTS,
+                 clg_weights: str | Sequence[float] = "paper",
                  backbone_weights: str | Path | None = None,
                  bins: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
-        if len(clg_weights) != 3:
-            raise ValueError(f"clg_weights needs 3 values (1/4, 1/8, 1/16), got {clg_weights!r}")
         self.num_classes = num_classes
         self.aux = aux
-        self.clg_weights = tuple(float(w) for w in clg_weights)
+        self.clg_weights = resolve_clg_weights(clg_weights)
 
         self.backbone = HalfPSPNet50Trunk()
         c = lambda n: n // 2  # half of PSPNet's widths
@@ -298,22 +321,7 @@ class ICNet(nn.Module):
         return icnet_loss(outputs, target, weights=self.clg_weights, ignore_index=ignore_index)
 
 
-def _resize_labels(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour label resize (``F.interpolate(mode="nearest")``) to ``size``."""
-    size = tuple(int(s) for s in size)
-    if tuple(target.shape[-2:]) == size:
-        return target
-    return F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Mean CE over non-ignored pixels; 0 (with graph) when every pixel is ignored (as Caffe)."""
-    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
-    valid = (labels != ignore_index).sum().clamp(min=1)
-    return total / valid
-
-
-def icnet_loss(outputs, target: torch.Tensor, weights: Sequence[float] = DEFAULT_CLG_WEIGHTS,
+def icnet_loss(outputs, target: torch.Tensor, weights: str | Sequence[float] = DEFAULT_CLG_WEIGHTS,
                ignore_index: int = 255) -> torch.Tensor:
     """ICNet training loss with cascade label guidance.
 
@@ -323,10 +331,9 @@ def icnet_loss(outputs, target: torch.Tensor, weights: Sequence[float] = DEFAULT
     neighbour to each output's resolution -- the main term is computed **at 1/4 against
     nearest-downsampled labels**, as the release does -- and the cross-entropies (mean over pixels
     whose label is not ``ignore_index``) are summed with ``weights`` = (w_1/4, w_1/8, w_1/16),
-    default 1.0/0.4/0.16 (mmseg uses 1.0/0.4/0.4).
+    three numbers or a name from :data:`CLG_WEIGHT_SETS`; default the paper's 1.0/0.4/0.4.
     """
-    if len(weights) != 3:
-        raise ValueError(f"weights needs 3 values (1/4, 1/8, 1/16), got {weights!r}")
+    weights = resolve_clg_weights(weights)
     if isinstance(outputs, torch.Tensor):
         outputs = {"out": outputs}
     total = None
@@ -334,7 +341,7 @@ def icnet_loss(outputs, target: torch.Tensor, weights: Sequence[float] = DEFAULT
         if key not in outputs:
             continue
         logits = outputs[key]
-        term = float(w) * _cross_entropy(logits, _resize_labels(target, logits.shape[-2:]), ignore_index)
+        term = float(w) * masked_cross_entropy(logits, resize_labels(target, logits.shape[-2:]), ignore_index)
         total = term if total is None else total + term
     if total is None:
         raise KeyError(f"outputs has none of {OUTPUT_KEYS}")
