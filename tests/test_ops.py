@@ -224,20 +224,45 @@ def test_register_custom_op_and_use_in_mixed_op(clean_registry):
     torch.testing.assert_close(build_op("test_triple", C, 1)(x), x * 5.0)
 
 
+def _darts_primitives(stride: int) -> dict[str, nn.Module]:
+    """The 8 DARTS primitives built one by one from their definitions, non-affine as in the
+    supernet, pools followed by a non-affine BatchNorm (DARTS ``model_search.py`` MixedOp)."""
+    pool_bn = lambda pool: nn.Sequential(pool, nn.BatchNorm2d(C, affine=False))  # noqa: E731
+    return {
+        "none": Zero(stride),
+        "max_pool_3x3": pool_bn(nn.MaxPool2d(3, stride=stride, padding=1)),
+        "avg_pool_3x3": pool_bn(nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)),
+        "skip_connect": Identity() if stride == 1 else FactorizedReduce(C, C, affine=False),
+        "sep_conv_3x3": SepConv(C, C, 3, stride, 1, affine=False),
+        "sep_conv_5x5": SepConv(C, C, 5, stride, 2, affine=False),
+        "dil_conv_3x3": DilConv(C, C, 3, stride, 2, 2, affine=False),
+        "dil_conv_5x5": DilConv(C, C, 5, stride, 4, 2, affine=False),
+    }
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_is_weighted_sum(stride):
     m = MixedOp(C, stride, DARTS_OPS)
     assert m.ops == DARTS_OPS and len(m.candidates) == len(DARTS_OPS)
+    # separately built ops carrying the same weights as the mixed op's candidates
+    separate = _darts_primitives(stride)
+    for name, candidate in zip(DARTS_OPS, m.candidates):
+        separate[name].load_state_dict(candidate.state_dict())
     x = torch.randn(2, C, 9, 7)
     w = torch.softmax(torch.randn(len(DARTS_OPS)), dim=0)
     out = m(x, w)
-    expected = sum(w[k] * cand(x) for k, cand in enumerate(m.candidates))
+    # by hand: w[0] * none(x) + w[1] * max_pool(x) + ... in the DARTS PRIMITIVES order
+    order = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+    expected = torch.zeros(2, C, *((9, 7) if stride == 1 else (5, 4)))
+    for k, name in enumerate(order):
+        expected = expected + w[k] * separate[name](x)
     torch.testing.assert_close(out, expected)
     assert tuple(out.shape) == ((2, C, 9, 7) if stride == 1 else (2, C, 5, 4))
-    # one-hot weights select a single candidate
+    # one-hot weights select a single op
     onehot = torch.zeros(len(DARTS_OPS))
-    onehot[DARTS_OPS.index("dil_conv_3x3")] = 1.0
-    torch.testing.assert_close(m(x, onehot), m.candidates[DARTS_OPS.index("dil_conv_3x3")](x))
+    onehot[order.index("dil_conv_3x3")] = 1.0
+    torch.testing.assert_close(m(x, onehot), separate["dil_conv_3x3"](x))
 
 
 def test_mixed_op_default_not_affine():

@@ -1,12 +1,19 @@
-"""RobustDARTS inside the search loop: scripted eigenvalues drive stop, ADA roll-back and resume."""
+"""RobustDARTS inside the search loop: scripted eigenvalues drive stop, ADA roll-back and resume;
+the real eigenvalue against the spectrum of the dense Hessian; the reference preset's last epoch."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
+from torch import nn
+from torch.func import functional_call
 
+import nasplat
 import nasplat.searching.loop as search_loop
 from nasplat.searching.config import SearchConfig
 from nasplat.searching.loop import SupernetSearch
+from test_bilevel import SmoothSupernet  # a sibling test module: two smooth mixed edges, 8 arch numbers
 
 TINY = dict(image_size=16, train_samples=8, val_samples=4, batch_size=2, workers=1,
             space_options={"C": 2, "layers": 2, "reductions": 1})
@@ -91,17 +98,84 @@ def test_bad_early_stop_option_names_the_field():
         SupernetSearch(SearchConfig(**TINY, epochs=2, early_stop="paper", early_stop_options={"windw": 3}))
 
 
-def test_real_eigenvalue_is_finite_and_same_as_direct_call():
-    search = SupernetSearch(SearchConfig(**TINY, epochs=2, early_stop="paper", early_stop_mode="simulate"))
+@dataclasses.dataclass(frozen=True)
+class _ChainGenotype(nasplat.Genotype):
+    space = "test_smooth_chain"
+    ops: tuple = ()
+
+
+@nasplat.register_space
+class _ChainSpace(nasplat.SearchSpace):
+    """A search-only space around test_bilevel's two-edge smooth supernet: 8 architecture numbers,
+    so the dense Hessian is cheap."""
+
+    name = "test_smooth_chain"
+    ops = SmoothSupernet.OPS
+    genotype_type = _ChainGenotype
+
+    def supernet(self, num_classes: int, **options) -> SmoothSupernet:
+        return SmoothSupernet(num_classes=num_classes, **options)
+
+    def decode(self, arch, **options) -> _ChainGenotype:
+        return _ChainGenotype(ops=tuple(self.ops[int(i)] for i in arch["alpha"].argmax(-1)))
+
+    def build(self, genotype, num_classes: int, **options) -> nn.Module:
+        raise NotImplementedError("search-only test space")
+
+
+CHAIN = {**TINY, "space": "test_smooth_chain", "space_options": {}}
+
+
+def _dense_hessian_spectrum(search: SupernetSearch) -> torch.Tensor:
+    """Eigenvalues (ascending) of the dense Hessian of the mean loss over the search's Hessian
+    batches w.r.t. all arch parameters, in train mode, formed entry by entry by autograd."""
+    model = search.model.train()
+    names = ["arch." + n for n in model.arch_parameters()]
+    arch = list(model.arch_parameters().values())
+    sizes = [a.numel() for a in arch]
+
+    def mean_loss(flat: torch.Tensor) -> torch.Tensor:
+        params = {n: p.view_as(a) for n, p, a in zip(names, flat.split(sizes), arch)}
+        batches = search.hessian_batches
+        return sum(search.loss_fn(functional_call(model, params, (x,)), y) for x, y in batches) / len(batches)
+
+    saved = {n: b.clone() for n, b in model.named_buffers()}
+    hessian = torch.autograd.functional.hessian(mean_loss, torch.cat([a.detach().reshape(-1) for a in arch]))
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(saved[n])
+    return torch.linalg.eigvalsh((hessian + hessian.T) / 2)
+
+
+@pytest.mark.parametrize("preset", ["paper", "reference"])
+def test_real_eigenvalue_matches_the_dense_hessian(preset):
+    config = SearchConfig(**CHAIN, epochs=3, early_stop=preset, early_stop_mode="simulate", hessian_iterations=300)
+    search = SupernetSearch(config)
     search.train_epoch()
+    spectrum = _dense_hessian_spectrum(search)
     eigenvalue, decision = search.check_early_stop()
-    assert decision is None and eigenvalue is not None and torch.isfinite(torch.tensor(eigenvalue))
-    again = search_loop.dominant_hessian_eigenvalue(search.model, search.loss_fn, search.hessian_batches)
-    assert eigenvalue == pytest.approx(again, rel=1e-6)
+    assert decision is None
+    if preset == "paper":  # the dominant eigenvalue of H
+        expected = float(spectrum[spectrum.abs().argmax()])
+    else:  # the authors': max(eigvals(H + 1e-3 I)), without --hessian-arch-weight-decay
+        expected = float(spectrum.max()) + 1e-3
+    assert eigenvalue == pytest.approx(expected, rel=1e-3, abs=1e-6)
+
+
+def test_reference_preset_takes_no_decision_on_the_last_epoch(monkeypatch):
+    # the fast rule fires at epoch 3 (0-based) on this series (see the first test)
+    rule = {**FAST_RULE, "eval_interval": 1, "centred": False, "threshold": 0.75, "min_chosen_epoch": 0}
+    _scripted(monkeypatch, [1.0, 1.0, 1.0, 3.0, 9.0])
+    last = SupernetSearch(SearchConfig(**CHAIN, epochs=4, early_stop="reference", early_stop_options=rule))
+    assert _run(last, 4) == [] and last.stopper.eigenvalues[3] == 3.0
+    _scripted(monkeypatch, [1.0, 1.0, 1.0, 3.0, 9.0])
+    longer = SupernetSearch(SearchConfig(**CHAIN, epochs=5, early_stop="reference", early_stop_options=rule))
+    assert [(d.stop_epoch, d.chosen_epoch) for d in _run(longer, 5)] == [(3, 1)]
 
 
 @pytest.mark.parametrize(("preset", "with_wd", "which", "weight_decay"),
-                         [("paper", False, "magnitude", 0.0), ("reference", True, "largest", 1e-3)])
+                         [("paper", False, "magnitude", 0.0), ("paper", True, "magnitude", 1e-3),
+                          ("reference", False, "largest", 1e-3), ("reference", True, "largest", 1e-3)])
 def test_eigenvalue_options_reach_the_computation(monkeypatch, preset, with_wd, which, weight_decay):
     seen = {}
 
@@ -114,5 +188,6 @@ def test_eigenvalue_options_reach_the_computation(monkeypatch, preset, with_wd, 
                                          hessian_iterations=7, arch_weight_decay=1e-3))
     search.train_epoch()
     search.check_early_stop()
-    # the authors' H includes the architecture weight decay (+1e-3 I) and takes the largest eigenvalue
+    # the authors' H includes the architecture weight decay (+1e-3 I) and takes the largest
+    # eigenvalue: the reference preset does both without --hessian-arch-weight-decay
     assert seen == {"iterations": 7, "arch_weight_decay": weight_decay, "which": which}
