@@ -38,7 +38,8 @@ class SearchConfig(ExperimentConfig):
                                   "weight decay) or simulate (record only)", choices=EARLY_STOP_MODES)
     early_stop_options: dict = option({}, "overrides of the early-stop preset as KEY=VALUE, repeatable "
                                       "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
-                                      "ada_factor, ada_max_weight_decay, extra_rollback)")
+                                      "ada_factor, ada_max_weight_decay, extra_rollback, hessian_weight_decay, "
+                                      "decide_on_final_epoch)")
     hessian_batches: int = option(2, "split-B batches per worker used for the Hessian eigenvalue (the same ones "
                                   "every time)")
     hessian_iterations: int = option(20, "power-iteration steps for the Hessian eigenvalue")
