@@ -64,13 +64,17 @@ def _is_remote(uri: str) -> bool:
 
 
 def open_store(tracking_uri: str | None):
-    """An ``MlflowClient`` on an existing store (never creates one), and the resolved URI."""
-    from nasplat.tracking.runs import client
+    """An ``MlflowClient`` on an existing store (never creates one) whose server answers, and the resolved URI."""
+    from nasplat.tracking.reachability import check_answers
+    from nasplat.training.config import ConfigError
 
     try:
         uri = existing_store_uri(tracking_uri)
-    except FileNotFoundError as err:
+        check_answers(uri)  # before MLflow is imported: a server that does not answer fails in seconds
+    except (FileNotFoundError, ConfigError) as err:
         raise CompareError(str(err)) from None
+    from nasplat.tracking.runs import client
+
     return client(uri), uri
 
 

@@ -46,13 +46,11 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
     raise AssertionError(f"{url} did not answer 200 within {timeout:.0f} s (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` on a free 127.0.0.1 port; stopped by its process group, whatever the test did."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:``port`` with its store in ``root`` (log appended to root/server.log), once
+    it answers; in a session of its own, so that :func:`stop_mlflow_server` ends its workers too."""
     log = root / "server.log"
-    with log.open("w") as out:
+    with log.open("a") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
              "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
@@ -61,13 +59,34 @@ def mlflow_server(tmp_path_factory):
         )
     try:
         _wait_for(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
+    except AssertionError:
+        stop_mlflow_server(proc)
+        raise
+    return proc
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (its pid), SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:  # the group is already gone
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on a free 127.0.0.1 port; stopped by its process group, whatever the test did."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = start_mlflow_server(root, port)
+    try:
         yield f"http://127.0.0.1:{port}", root
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_mlflow_server(proc)
 
 
 def _nasplat(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -274,7 +274,9 @@ def test_log_figures_keeps_subfolders(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(ensure_experiment(client, "viz", uri)).info.run_id
-    assert pictures.log_figures(RunLogger(uri, run_id), pictures_dir, "pictures/final") == 2
+    logger = RunLogger(uri, run_id)
+    assert pictures.log_figures(logger, pictures_dir, "pictures/final") == 2
+    assert logger.close() == 0  # the logger sends in the background: delivered before the store is read
     assert [a.path for a in client.list_artifacts(run_id, "pictures/final")] == ["pictures/final/a.png",
                                                                                   "pictures/final/sub"]
     assert [a.path for a in client.list_artifacts(run_id, "pictures/final/sub")] == ["pictures/final/sub/b.svg"]

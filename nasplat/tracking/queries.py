@@ -10,21 +10,21 @@ from mlflow.entities import Run
 from nasplat.spaces.genotype import GenotypeError
 from nasplat.spaces.registry import load_genotype
 from nasplat.tracking import schema
-from nasplat.tracking.runs import client
+from nasplat.tracking.runs import reading_client
 from nasplat.training.config import ConfigError
 
 
 def get_run(tracking_uri: str, run_id: str, field: str) -> Run:
     """The run ``run_id``; ConfigError naming ``field`` and the store when there is none."""
     try:
-        return client(tracking_uri).get_run(run_id)
+        return reading_client(tracking_uri).get_run(run_id)
     except MlflowException:
         raise ConfigError(f"{field}: no MLflow run {run_id!r} in {tracking_uri}") from None
 
 
 def latest_search_run(tracking_uri: str, experiment: str) -> str | None:
     """The id of the most recently started finished search (parent run) in ``experiment``."""
-    mlflow_client = client(tracking_uri)
+    mlflow_client = reading_client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -59,7 +59,7 @@ def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, s
                           "not a search (parent) run or a search trial run")
     with tempfile.TemporaryDirectory(prefix="nasplat-genotype-") as tmp:
         try:
-            path = client(tracking_uri).download_artifacts(run_id, schema.GENOTYPE_ARTIFACT, tmp)
+            path = reading_client(tracking_uri).download_artifacts(run_id, schema.GENOTYPE_ARTIFACT, tmp)
         except (MlflowException, OSError):
             raise ConfigError(f"config field 'from_run': run {run_id} has no {schema.GENOTYPE_ARTIFACT} artifact "
                               "(an unfinished search?)") from None
@@ -83,7 +83,7 @@ def download_best_model(tracking_uri: str, run_id: str, directory: str | Path, f
     """Download the best model file of a retrain (parent or trial run) into ``directory``."""
     holder = model_run(tracking_uri, run_id, field).info.run_id
     try:
-        return Path(client(tracking_uri).download_artifacts(holder, schema.BEST_MODEL_ARTIFACT, str(directory)))
+        return Path(reading_client(tracking_uri).download_artifacts(holder, schema.BEST_MODEL_ARTIFACT, str(directory)))
     except (MlflowException, OSError):
         raise ConfigError(f"{field}: run {holder} has no {schema.BEST_MODEL_ARTIFACT} artifact "
                           "(not a retrain run?)") from None
@@ -96,7 +96,7 @@ def logged_model(tracking_uri: str, run_id: str) -> tuple[str, str]:
     naming the run when there is no such run or no model.
     """
     run = get_run(tracking_uri, run_id, "--run")
-    models = client(tracking_uri).search_logged_models(
+    models = reading_client(tracking_uri).search_logged_models(
         experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'",
         order_by=[{"field_name": "creation_timestamp", "ascending": False}],
     )

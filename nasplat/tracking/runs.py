@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from mlflow.tracking import MlflowClient
 
 from nasplat.tracking.logger import RunLogger
+from nasplat.tracking.reachability import check_answers
 from nasplat.tracking.schema import (
     COMMAND_TAG,
     GIT_COMMIT_TAG,
@@ -23,7 +24,7 @@ from nasplat.tracking.schema import (
     TRIAL_ID_TAG,
     VERSION_TAG,
 )
-from nasplat.tracking.uri import local_artifact_root
+from nasplat.tracking.uri import local_artifact_root, mask_credentials
 from nasplat.version import __version__
 
 RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -33,6 +34,13 @@ RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 def client(tracking_uri: str) -> MlflowClient:
     """The one place nasplat builds an ``MlflowClient`` for a store."""
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def reading_client(tracking_uri: str) -> MlflowClient:
+    """``client(tracking_uri)`` for reading commands: fails within seconds when the server does not answer,
+    instead of waiting in MLflow's retries."""
+    check_answers(tracking_uri)
+    return client(tracking_uri)
 
 
 def ensure_experiment(mlflow_client: MlflowClient, name: str, tracking_uri: str) -> str:
@@ -63,7 +71,7 @@ def provenance_tags(kind: str, argv: list[str] | None = None) -> dict[str, str]:
     """Tags every parent run carries: its kind, the command line, nasplat's git commit and package versions."""
     tags = {
         KIND_TAG: kind,
-        COMMAND_TAG: " ".join(argv or sys.argv),
+        COMMAND_TAG: mask_credentials(" ".join(argv or sys.argv)),
         VERSION_TAG: __version__,
         "python": platform.python_version(),
     }
@@ -117,7 +125,8 @@ def open_parent_run(tracking_uri: str, experiment: str, name: str, kind: str, pa
     job_tags = ray_job_tags()  # set again on resume: the tag names the latest Ray Job that ran it
     if job_tags:
         logger.set_tags(job_tags)
-    logger.log_params(params)
+    logger.log_params(masked(params))
+    logger.flush()  # bounded: the run holds its params when this returns, unless the store is down
     return run_id
 
 
@@ -131,9 +140,16 @@ def open_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str, run_nam
     if run_id is None:
         run_id = mlflow_client.create_run(experiment_id, run_name=run_name,
                                    tags={**identity, **(tags or {}), KIND_TAG: kind}).info.run_id
-    RunLogger(tracking_uri, run_id).log_params(params)
+    logger = RunLogger(tracking_uri, run_id)
+    logger.log_params(masked(params))
+    logger.flush()  # as in open_parent_run
     return run_id
 
+
+
+def masked(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with credentials in string values (URIs) masked."""
+    return {key: mask_credentials(value) if isinstance(value, str) else value for key, value in params.items()}
 
 
 def find_trial_run(tracking_uri: str, parent_run_id: str, trial_id: str) -> str | None:
