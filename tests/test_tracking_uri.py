@@ -48,3 +48,19 @@ def test_parent_and_trial_runs_are_found_again_on_resume(tmp_path, monkeypatch):
     assert tags["nasplat.ray_job_id"] == "raysubmit_1" and tags["nasplat.run_name"] == "run-a"
     trial_run = client.get_run(trial)
     assert trial_run.data.tags[PARENT_TAG] == parent and trial_run.data.params["seed"] == "1"
+
+
+def test_credentials_in_uris_are_masked_in_params_and_tags(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from nasplat.tracking.runs import open_parent_run
+    from nasplat.tracking.uri import mask_credentials
+
+    assert mask_credentials("s3://AKIA:secret@bucket/x and http://u:p@h:5000") == "s3://***@bucket/x and http://***@h:5000"
+    assert mask_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = open_parent_run(uri, "exp", "masked", "search", {"storage": "s3://key:secret@bucket/runs"},
+                             argv=["nasplat", "search", "--storage", "s3://key:secret@bucket/runs"])
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.data.params["storage"] == "s3://***@bucket/runs"
+    assert "secret" not in run.data.tags["nasplat.command"]

@@ -24,7 +24,7 @@ from nasplat.runtime.resources import plan_resources
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_run
-from nasplat.tracking.uri import resolve_tracking_uri
+from nasplat.tracking.uri import mask_credentials, resolve_tracking_uri
 from nasplat.training.config import ConfigError, ExperimentConfig
 from nasplat.training.storage import read_bytes, resolve_storage, run_location, write_bytes
 
@@ -119,7 +119,7 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     config = experiment.config
     run_dir = run_location(config.storage, config.name)
     keep_settings(config, run_dir)
-    log(f"MLflow tracking store: {config.tracking_uri}")
+    log(f"MLflow tracking store: {mask_credentials(config.tracking_uri)}")
     log(f"run directory (checkpoints): {run_dir}")
     started_ray = start_ray(config.address, config.trials)
     try:

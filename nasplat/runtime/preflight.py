@@ -11,15 +11,14 @@ import inspect
 import os
 import socket
 import typing
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Callable, Mapping
 
 import torch
 
 from nasplat.data.sources import SearchData, search_data
 from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.tracking.reachability import check_answers
 from nasplat.training.config import ConfigError, ExperimentConfig
 
 CONNECT_TIMEOUT_S = 4.0
@@ -96,17 +95,10 @@ def check_ray_address(address: str | None) -> None:
 
 def check_tracking_uri(uri: str) -> None:
     """An http(s) tracking server must answer its health check within a few seconds."""
-    if not uri.startswith(("http://", "https://")):
-        return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=CONNECT_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered; a server without /health is still a server
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise ConfigError(f"config field 'tracking_uri': no MLflow server answers at {uri} ({reason}); start it or "
-                          "fix --tracking-uri") from None
+        check_answers(uri, timeout=CONNECT_TIMEOUT_S)
+    except ConfigError as err:
+        raise ConfigError(f"config field 'tracking_uri': {err}") from None
 
 
 def _connect(field: str, address: str, host: str, port: int) -> None:

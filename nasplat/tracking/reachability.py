@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
+from nasplat.tracking.uri import mask_credentials
 from nasplat.training.config import ConfigError
 
 ANSWER_TIMEOUT_S = 5.0
@@ -12,11 +12,7 @@ ANSWER_TIMEOUT_S = 5.0
 
 def shown_uri(uri: str) -> str:
     """``uri`` with any user name and password replaced by ``***``, for messages."""
-    parts = urlsplit(uri)
-    if not (parts.username or parts.password):
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"***@{host}").geturl()
+    return mask_credentials(uri)
 
 
 def brief_error(error: BaseException) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -51,3 +52,11 @@ def ui_command(tracking_uri: str) -> str:
         root = local_artifact_root(tracking_uri)
         return f"mlflow ui --backend-store-uri {tracking_uri} --default-artifact-root {root} --host 127.0.0.1 --port 5000"
     return f"open {tracking_uri} in a browser"
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def mask_credentials(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://***@host`` anywhere in ``text`` (URIs in params, tags, logs)."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}***@", text)
