@@ -14,8 +14,7 @@ from nasplat.training.model_stats import count_flops, count_parameters
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.loop import Retrainer
 from nasplat.retraining.model_file import BEST_MODEL_FILE
-from nasplat.runtime.worker import WorkerContext, report_epoch, report_failure, restore_latest, start_worker
-from nasplat.training.divergence import TrainingDiverged
+from nasplat.runtime.worker import WorkerContext, report_epoch, run_loop, start_worker
 from nasplat.tracking import schema
 
 SOURCE_KEY = "_nasplat_model_source"
@@ -26,11 +25,7 @@ def retrain_worker(loop_config: dict[str, Any]) -> None:
     context = start_worker(loop_config, RetrainConfig, extra_keys=(SOURCE_KEY,))
     config: RetrainConfig = context.config
     trainer = Retrainer(config, context.extras[SOURCE_KEY], device=context.device)
-    try:
-        restore_latest(context, trainer)
-        _retrain_epochs(context, trainer)
-    except TrainingDiverged as err:  # deterministic: end the trial now, Ray Train must not retry it
-        report_failure(context, trainer.epoch + 1, err)
+    run_loop(context, trainer, _retrain_epochs)
 
 
 def _retrain_epochs(context: WorkerContext, trainer: Retrainer) -> None:

@@ -15,13 +15,12 @@ from nasplat.searching.config import SearchConfig
 from nasplat.training.collectives import max_abs_difference
 from nasplat.spaces.genotype import Genotype
 from nasplat.spaces.registry import genotype_from_dict
-from nasplat.training.divergence import TrainingDiverged
 from nasplat.training.model_stats import count_flops
 from nasplat.searching.early_stop import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.searching.loop import SupernetSearch
 from nasplat.spaces.registry import import_space_source, resolve_space_spec
-from nasplat.runtime.worker import WorkerContext, report_epoch, report_failure, restore_latest, start_worker
+from nasplat.runtime.worker import WorkerContext, report_epoch, run_loop, start_worker
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 
@@ -38,11 +37,7 @@ def search_worker(loop_config: dict[str, Any]) -> None:
         import_space_source(source)
     streams = worker_streams(config) if uses_ray_data(config) else None
     search = SupernetSearch(config, device=context.device, streams=streams)
-    try:
-        restore_latest(context, search)
-        _search_epochs(context, search)
-    except TrainingDiverged as err:  # deterministic: end the trial now, Ray Train must not retry it
-        report_failure(context, search.epoch + 1, err)
+    run_loop(context, search, _search_epochs)
 
 
 def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:

@@ -114,3 +114,13 @@ def report_failure(context: WorkerContext, epoch: int, error: TrainingDiverged) 
     if context.is_rank0:
         print(f"[nasplat] {error}", flush=True)
     report_epoch(context, metrics, write)
+
+
+def run_loop(context: WorkerContext, loop: Restorable, epochs: Callable[[WorkerContext, Any], None]) -> None:
+    """Restore ``loop`` from the trial's latest checkpoint, then run ``epochs(context, loop)``; a deterministic
+    failure (divergence) ends the trial without an exception, so Ray Train does not retry it."""
+    try:
+        restore_latest(context, loop)
+        epochs(context, loop)
+    except TrainingDiverged as err:
+        report_failure(context, loop.epoch + 1, err)
