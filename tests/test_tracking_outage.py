@@ -199,6 +199,8 @@ def test_run_logger_records_mean_what_they_did(local_store, tmp_path):
     picture.write_bytes(b"png")
     logger.log_artifact(picture, "pictures")
     picture.unlink()
+    assert logger.flush() is True
+    assert not list(tmp_path.glob("nasplat-mlflow-*"))  # the delivered copy went, and its emptied temp folder
     assert logger.finish("FINISHED") == 0
 
     run = client.get_run(run_id)

@@ -154,7 +154,7 @@ class Outbox:
         with self._changed:
             self._copies += 1
             target = self._spool_dir() / f"{self._copies:06d}" / source.name
-        target.parent.mkdir()
+            target.parent.mkdir()
         if source.is_dir():
             shutil.copytree(source, target)
         else:
@@ -229,13 +229,18 @@ class Outbox:
             self._done(record)
 
     def _done(self, record: dict) -> None:
+        """Take the head record off the queue; a delivered artifact's copy (and an emptied temp folder) goes first,
+        so that an empty queue means a clean one."""
         with self._changed:
-            if self._stopped:
+            if self._stopped:  # close() has saved it already
                 return
+            if record["op"] in ("artifact", "artifacts") and "error" not in record:
+                shutil.rmtree(Path(record["path"]).parent, ignore_errors=True)
+                if self._spool is not None and not any(self._spool.iterdir()):
+                    self._spool.rmdir()  # a worker killed later leaves no empty folder behind
+                    self._spool = None
             self._queue.popleft()
             self._changed.notify_all()
-        if record["op"] in ("artifact", "artifacts") and "error" not in record and self._spool is not None:
-            shutil.rmtree(Path(record["path"]).parent, ignore_errors=True)
 
 
 _OUTBOXES: dict[tuple[str, str], Outbox] = {}
