@@ -53,4 +53,9 @@ def retrain(config: RetrainConfig | Mapping[str, Any] | str | Path | None = None
 
 
 def _argv() -> list[str]:
+    """The command line recorded on the parent run: ``nasplat ...`` when the CLI runs (as the ``nasplat`` script or
+    ``python -m pipelines.cli``), else the calling script and its arguments."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program in ("nasplat", "cli.py", "__main__.py"):
+        return ["nasplat", *sys.argv[1:]]
     return list(sys.argv)
