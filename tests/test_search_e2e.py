@@ -141,7 +141,7 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
 def test_autodeeplab_search_with_robustdarts_stop(tmp_path):
     # A rule that fires on the first positive smoothed eigenvalue after one look-back step, so the
     # stop, its reason and the chosen architecture go through Ray and MLflow for real.
-    args = ["search", "--space", "autodeeplab", *TINY, "--epochs", "3", "--warmup-epochs", "1",
+    args = ["search", "--space", "autodeeplab", *TINY, "--image-size", "32", "--epochs", "3", "--warmup-epochs", "1",
             "--space-option", "F=2", "--space-option", "L=3", "--name", "adl",
             "--early-stop", "reference", "--hessian-batches", "1", "--hessian-iterations", "5",
             "--early-stop-option", "eval_interval=1", "--early-stop-option", "window=1",
