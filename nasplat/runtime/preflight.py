@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from nasplat.data.sources import SearchData, search_data
-from nasplat.runtime.resources import DRIVER_RESOURCE, ResourcePlan, plan_resources
+from nasplat.runtime.resources import DRIVER_RESOURCE, ResourceError, ResourcePlan, plan_resources
 from nasplat.tracking.reachability import check_answers
 from nasplat.training.config import ConfigError, ExperimentConfig
 
@@ -125,8 +125,6 @@ def local_plan(config: ExperimentConfig, reserve_cpus: float = 0.0) -> ResourceP
 def check_worker_share(plan: ResourcePlan) -> None:
     share = plan.per_worker.get("CPU", 0.0)
     if share < MIN_CPUS_PER_WORKER:
-        from nasplat.runtime.resources import ResourceError
-
         raise ResourceError(
             f"{plan.workers} workers would get {share:g} CPU each; at least {MIN_CPUS_PER_WORKER:g} is needed for "
             f"a worker to start in reasonable time: lower --workers or add CPUs")
