@@ -29,7 +29,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "searched": {},
 }
 """Row name -> the retrain config fields that pick the model (``searched``: a search run's genotype)."""
-OWN_FIELDS = ("genotype", "from_run", "baseline", "model_options", "name", "register_model")
+PRETRAINABLE = ("duc_hdc", "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2")
+"""The rows on a torchvision backbone, which ``--pretrained imagenet`` starts from ImageNet weights."""
+OWN_FIELDS = ("genotype", "from_run", "baseline", "model_options", "name", "register_model", "model_alias")
 """RetrainConfig fields this command sets per model instead of taking them as flags."""
 BASELINE_FLAGS = dataclasses.replace(RETRAIN_FLAGS, defaults={"experiment": DEFAULT_EXPERIMENT})
 """Retrain's flags, but the rows of one comparison go to their own experiment unless --experiment or --config says."""
@@ -44,8 +46,9 @@ def _models(text: str) -> list[str]:
 
 
 def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None, prefix: str,
-                  latency_size: tuple[int, int] | None) -> list[dict[str, Any]]:
-    """Retrain each model under ``config``'s budget and evaluate its best model; one dict per model."""
+                  latency_size: tuple[int, int] | None, pretrained: str = "none") -> list[dict[str, Any]]:
+    """Retrain each model under ``config``'s budget (the torchvision backbones from ``pretrained`` weights) and
+    evaluate its best model; one dict per model."""
     import ray
 
     import nasplat
@@ -64,16 +67,19 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
     try:
         for model in models:
             fields = MODELS[model] or {"from_run": from_run}
+            if model in PRETRAINABLE and pretrained != "none":
+                fields = {**fields, "model_options": {**fields["model_options"], "pretrained": pretrained}}
             print(f"[nasplat] baselines: retraining {model} ({len(rows) + 1}/{len(models)})", flush=True)
             outcome = nasplat.retrain(config.replace(**fields, name=f"{prefix}-{model}"))
             with tempfile.TemporaryDirectory(prefix="nasplat-eval-") as tmp:
                 # the model file from MLflow: the same bytes as outcome.checkpoint, which may be an s3:// URI
                 local = download_best_model(config.tracking_uri, outcome.run_id, tmp)
                 report = evaluate_checkpoint(local, latency_size=latency_size)
+            _record_row(config.tracking_uri, outcome.run_id, report)
             rows.append({"model": model, "label": outcome.model_label, "val_miou": report["val_miou"],
-                         "params": report["params"], "flops": report["flops"], "latency_ms": report["latency_ms"],
-                         "input_size": report["input_size"], "run_id": outcome.run_id,
-                         "checkpoint": str(outcome.checkpoint)})
+                         "params": report["params"], "flops": report["flops"], "gflops": report["gflops"],
+                         "latency_ms": report["latency_ms"], "input_size": report["input_size"],
+                         "run_id": outcome.run_id, "checkpoint": str(outcome.checkpoint)})
     finally:
         if started_ray:
             ray.shutdown()
@@ -81,6 +87,19 @@ def run_baselines(config: RetrainConfig, models: list[str], from_run: str | None
     write_bytes(summary, (json.dumps(rows, indent=2) + "\n").encode())
     print(f"[nasplat] comparison written to {summary}", flush=True)
     return rows
+
+
+def _record_row(tracking_uri: str, run_id: str, report: dict[str, Any]) -> None:
+    """The row's figures as metrics of its retrain's parent run (at the best epoch, after the retrain's own, so
+    MLflow's chart view shows what the table shows; latency at ``--latency-size`` when given)."""
+    from nasplat.retraining.summary import latency_input, run_metrics
+    from nasplat.tracking import schema
+    from nasplat.tracking.logger import RunLogger
+
+    logger = RunLogger(tracking_uri, run_id)
+    logger.log_metrics(run_metrics(report), step=int(report.get("epoch") or 0))
+    logger.set_tags({schema.LATENCY_INPUT_TAG: latency_input(report["input_size"])})
+    logger.close()
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -113,6 +132,9 @@ def add_parser(subparsers) -> None:
                         "baselines-<date>-<time>); the same prefix resumes them")
     parser.add_argument("--latency-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for FLOPs and latency (default: the training crop)")
+    parser.add_argument("--pretrained", choices=("none", "imagenet"), default="none",
+                        help="starting weights of the ResNet-101 and MobileNetV2 backbones (DUC+HDC, DeepLabV3+): "
+                        "torchvision's ImageNet weights (downloaded once into torch's hub cache) or none (random)")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     BASELINE_FLAGS.add_arguments(parser, skip=OWN_FIELDS)
     parser.set_defaults(handler=run)
@@ -125,6 +147,6 @@ def run(args: argparse.Namespace) -> int:
     config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
     prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = run_baselines(config, models, args.search_run, prefix,
-                         tuple(args.latency_size) if args.latency_size else None)
+                         tuple(args.latency_size) if args.latency_size else None, args.pretrained)
     print(json.dumps(rows, indent=2) if args.format == "json" else format_table(rows), flush=True)
     return 0

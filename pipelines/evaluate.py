@@ -28,8 +28,8 @@ def evaluate_checkpoint(
     """Everything ``nasplat evaluate`` prints, as a dict. Scales, flip and data default to the file's own."""
     from torch.utils.data import DataLoader
 
-    from nasplat.training.model_stats import count_flops, count_parameters, measure_latency
-    from nasplat.retraining.model_file import ModelSpec, load_model_checkpoint, validation_split
+    from nasplat.retraining.model_file import ModelSpec, load_model_checkpoint, recorded_data
+    from nasplat.retraining.summary import model_costs
     from nasplat.training.evaluation import evaluate_model
 
     model, payload = load_model_checkpoint(path, device=device)
@@ -37,22 +37,22 @@ def evaluate_checkpoint(
     data = {**payload["data"], **(data_overrides or {})}
     scales = list(payload["eval"]["scales"] if scales is None else scales)
     flip = bool(payload["eval"]["flip"] if flip is None else flip)
-    val, class_names, num_classes = validation_split(data)
-    if num_classes != spec.num_classes:
+    splits = recorded_data(data)
+    if splits.num_classes != spec.num_classes:
         raise ConfigError(f"{path}: the model predicts {spec.num_classes} classes but dataset "
-                          f"{data['dataset']!r} has {num_classes}")
-    result = evaluate_model(model, DataLoader(val, batch_size=batch_size), class_names, scales, flip, device)
+                          f"{data['dataset']!r} has {splits.num_classes}")
+    result = evaluate_model(model, DataLoader(splits.val, batch_size=batch_size), splits.class_names, scales, flip,
+                            device)
     size = tuple(latency_size or (int(data["image_size"]), int(data["image_size"])))
-    latency = measure_latency(model.cpu(), (1, 3, *size), warmup=1, repeats=latency_repeats)
+    costs = model_costs(model, size, latency_repeats)
     recorded = payload.get("metrics", {}).get("val_miou")
     return {
         "checkpoint": str(path), "model": spec.label(), "epoch": payload.get("epoch"), "data": data,
-        "scales": scales, "flip": flip, "class_names": list(class_names),
+        "data_description": splits.description, "scales": scales, "flip": flip,
+        "class_names": list(splits.class_names),
         "val_miou": result["val_miou"], "val_pixel_acc": result["val_pixel_acc"], "val_loss": result["val_loss"],
         "val_iou": result["val_iou"], "confusion_matrix": result["confusion_matrix"],
-        "recorded_val_miou": recorded, "params": count_parameters(model),
-        "input_size": list(size), "flops": count_flops(model, (1, 3, *size)),
-        "latency_ms": latency["median_ms"], "latency_iqr_ms": latency["iqr_ms"], "latency_repeats": latency_repeats,
+        "recorded_val_miou": recorded, "input_size": list(size), **costs, "latency_repeats": latency_repeats,
     }
 
 
@@ -114,6 +114,11 @@ def add_parser(subparsers) -> None:
                         help="input size for FLOPs and latency (default: the training crop)")
     parser.add_argument("--latency-repeats", type=int, default=10, help="timed forward passes")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    parser.add_argument("--experiment", help="MLflow experiment of the evaluation run (default: the evaluated "
+                        "run's with --run; with --checkpoint the evaluation is recorded only when this is given)")
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=None,
+                        help="record the evaluation as an MLflow run of kind 'evaluate' with its metrics and "
+                        "confusion matrix (default: with --run or --experiment)")
     parser.set_defaults(handler=run)
 
 
@@ -131,9 +136,29 @@ def run(args: argparse.Namespace) -> int:
                                      args.latency_repeats, args.batch_size)
     if args.run:
         report["checkpoint"] = f"MLflow run {args.run}"
+    recorded_as = None
+    if args.record if args.record is not None else bool(args.run or args.experiment):
+        recorded_as = _record(report, args)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
         print(format_table(report))
+        if recorded_as:
+            print(f"\nrecorded in MLflow: run {recorded_as}")
     sys.stdout.flush()
     return 0
+
+
+def _record(report: dict[str, Any], args: argparse.Namespace) -> str:
+    """The evaluation as an MLflow run (:func:`nasplat.tracking.evaluations.log_evaluation`), with the confusion
+    matrix drawn; its id is also put in ``report["mlflow_run_id"]``."""
+    from nasplat.tracking.evaluations import log_evaluation
+    from nasplat.tracking.uri import existing_store_uri, resolve_tracking_uri
+    from nasplat.viz import render_confusion_matrix
+
+    uri = existing_store_uri(args.tracking_uri) if args.run else resolve_tracking_uri(args.tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="nasplat-eval-pictures-") as tmp:
+        pictures = render_confusion_matrix(report["confusion_matrix"], report["class_names"], tmp,
+                                           title=f"{report['model']}, epoch {report['epoch']}")
+        report["mlflow_run_id"] = log_evaluation(uri, report, args.experiment, args.run, pictures)
+    return report["mlflow_run_id"]

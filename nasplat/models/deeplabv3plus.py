@@ -15,8 +15,9 @@ of the TF release and jfzhang95/pytorch-deeplab-xception:
   bilinearly to stride 4 (304 channels); two 3x3 convs of 256 with BN-ReLU; 1x1 classifier (bias);
   bilinear upsample (``align_corners=False``) to the input size.
 
-Backbones (torchvision, always built with ``weights=None``; pretrained weights only from a local
-state-dict file via ``backbone_weights=PATH``):
+Backbones (torchvision, built with ``weights=None``; starting weights from torchvision's ImageNet weights
+with ``pretrained=imagenet`` or from a local state-dict file with ``backbone_weights=PATH``, see
+:mod:`nasplat.models.pretrained`):
 
 * ``resnet101``: low-level = ``layer1`` output (256 ch, stride 4), high-level = ``layer4`` (2048 ch).
   Output stride 16 dilates ``layer4`` (rate 2), 8 dilates ``layer3`` and ``layer4`` (2, 4), via
@@ -39,7 +40,6 @@ retrain network uses the same ASPP) and are re-exported here.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from nasplat.models.layers import ASPP, ASPPPooling, conv_bn_relu
+from nasplat.models.pretrained import initialise_backbone, load_backbone_weights
 from nasplat.models.registry import register_model
 
 __all__ = [
@@ -66,29 +67,6 @@ def aspp_rates(output_stride: int) -> tuple[int, int, int]:
     if output_stride not in _ASPP_RATES:
         raise ValueError(f"output_stride must be 16 or 8, got {output_stride!r}")
     return _ASPP_RATES[output_stride]
-
-
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike, *, ignore_prefixes: Sequence[str] = ()) -> None:
-    """Load a local torchvision-style state dict into ``model`` (never downloads).
-
-    The file is read with ``torch.load(..., weights_only=True)``. Keys starting with one of
-    ``ignore_prefixes`` (e.g. the ImageNet classifier ``fc.``) are dropped from both sides; every
-    other key must match exactly, otherwise a ``RuntimeError`` lists the differences.
-    """
-    state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    ignore = tuple(ignore_prefixes)
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(ignore)}
-    own = {k for k in model.state_dict() if not k.startswith(ignore)}
-    missing = sorted(own - state.keys())
-    unexpected = sorted(state.keys() - own)
-    if missing or unexpected:
-        raise RuntimeError(
-            f"backbone weights {os.fspath(path)!r} do not match: missing {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
-        )
-    model.load_state_dict(state, strict=False)
 
 
 class DeepLabV3PlusDecoder(nn.Module):
@@ -115,12 +93,11 @@ class _ResNetBackbone(nn.Module):
     low_channels = 256
     high_channels = 2048
 
-    def __init__(self, output_stride: int, backbone_weights: str | os.PathLike | None) -> None:
+    def __init__(self, output_stride: int, backbone_weights: str | os.PathLike | None, pretrained: str | None) -> None:
         super().__init__()
         dilate = {16: [False, False, True], 8: [False, True, True]}[output_stride]
         net = tvm.resnet101(weights=None, replace_stride_with_dilation=dilate)
-        if backbone_weights is not None:
-            load_backbone_weights(net, backbone_weights, ignore_prefixes=("fc.",))
+        initialise_backbone(net, "resnet101", pretrained, backbone_weights, ignore_prefixes=("fc.",))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
 
@@ -158,11 +135,10 @@ class _MobileNetV2Backbone(nn.Module):
     low_channels = 24
     high_channels = 320
 
-    def __init__(self, output_stride: int, backbone_weights: str | os.PathLike | None) -> None:
+    def __init__(self, output_stride: int, backbone_weights: str | os.PathLike | None, pretrained: str | None) -> None:
         super().__init__()
         net = tvm.mobilenet_v2(weights=None)
-        if backbone_weights is not None:
-            load_backbone_weights(net, backbone_weights, ignore_prefixes=("classifier.",))
+        initialise_backbone(net, "mobilenet_v2", pretrained, backbone_weights, ignore_prefixes=("classifier.",))
         features = net.features[:-1]  # drop the final 1x1 conv to 1280 channels
         _dilate_mobilenet_v2(features, output_stride)
         self.low_level = features[:4]
@@ -190,6 +166,7 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         dropout: float = 0.1,
         backbone_weights: str | os.PathLike | None = None,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if backbone not in _BACKBONES:
@@ -198,7 +175,7 @@ class DeepLabV3Plus(nn.Module):
         self.num_classes = int(num_classes)
         self.output_stride = int(output_stride)
         self.backbone_name = backbone
-        self.backbone = _BACKBONES[backbone](output_stride, backbone_weights)
+        self.backbone = _BACKBONES[backbone](output_stride, backbone_weights, pretrained)
         self.aspp = ASPP(self.backbone.high_channels, rates, 256, dropout)
         self.decoder = DeepLabV3PlusDecoder(self.backbone.low_channels, num_classes)
         for module in (self.aspp, self.decoder):

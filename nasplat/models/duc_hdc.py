@@ -7,8 +7,9 @@ Release: TuSimple/TuSimple-DUC (MXNet; ``networks/resnet.py`` for the rates,
 
 Structure (``REFERENCES.md`` section 4):
 
-* **Backbone**: torchvision ResNet-101 (always ``weights=None``; pretrained weights only from a
-  local state-dict file via ``backbone_weights=PATH``) without ``avgpool``/``fc``, at output stride
+* **Backbone**: torchvision ResNet-101 (built with ``weights=None``; ImageNet weights with
+  ``pretrained=imagenet`` or a local state-dict file with ``backbone_weights=PATH``, see
+  :mod:`nasplat.models.pretrained`) without ``avgpool``/``fc``, at output stride
   8: the stride-2 convs of ``layer3`` and ``layer4`` (3x3 ``conv2`` and the ``downsample`` 1x1) get
   stride 1, exactly as torchvision's ``replace_stride_with_dilation`` does. The dilation of each
   block's 3x3 conv is then set **per block** to the released HDC rates (padding = dilation):
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from nasplat.models.deeplabv3plus import load_backbone_weights
+from nasplat.models.pretrained import initialise_backbone
 from nasplat.models.losses import masked_cross_entropy, resize_labels
 from nasplat.models.registry import register_model
 
@@ -64,13 +65,12 @@ class _HDCResNet101(nn.Module):
 
     out_channels = 2048
 
-    def __init__(self, backbone_weights: str | os.PathLike | None = None) -> None:
+    def __init__(self, backbone_weights: str | os.PathLike | None = None, pretrained: str | None = None) -> None:
         super().__init__()
         # replace_stride_with_dilation only serves to remove the strides of layer3/layer4
         # (3x3 conv2 and downsample); its dilation fill is overwritten below with the HDC rates.
         net = tvm.resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
-        if backbone_weights is not None:
-            load_backbone_weights(net, backbone_weights, ignore_prefixes=("fc.",))
+        initialise_backbone(net, "resnet101", pretrained, backbone_weights, ignore_prefixes=("fc.",))
         _set_block_rates(net.layer3, HDC_LAYER3_RATES)
         _set_block_rates(net.layer4, HDC_LAYER4_RATES)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
@@ -81,9 +81,9 @@ class _HDCResNet101(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def hdc_resnet101(backbone_weights: str | os.PathLike | None = None) -> nn.Module:
+def hdc_resnet101(backbone_weights: str | os.PathLike | None = None, pretrained: str | None = None) -> nn.Module:
     """The DUC+HDC trunk: [N,3,H,W] -> [N,2048,~H/8,~W/8]."""
-    return _HDCResNet101(backbone_weights)
+    return _HDCResNet101(backbone_weights, pretrained)
 
 
 class DUCHead(nn.Module):
@@ -118,10 +118,11 @@ class DUCHDC(nn.Module):
     Eval mode: logits at input size. Train mode: the DUC scores (r x the stride-8 map), for :meth:`loss`.
     """
 
-    def __init__(self, num_classes: int, r: int = 4, backbone_weights: str | os.PathLike | None = None) -> None:
+    def __init__(self, num_classes: int, r: int = 4, backbone_weights: str | os.PathLike | None = None,
+                 pretrained: str | None = None) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
-        self.backbone = _HDCResNet101(backbone_weights)
+        self.backbone = _HDCResNet101(backbone_weights, pretrained)
         self.head = DUCHead(self.backbone.out_channels, num_classes, r)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:

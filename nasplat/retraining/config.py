@@ -7,11 +7,14 @@ The model comes from exactly one source: a genotype file (``genotype``), an MLfl
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from nasplat.training.config import ConfigError, ExperimentConfig, is_count, is_number, option
 
 SOURCE_FIELDS = ("genotype", "from_run", "baseline")
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,255}")
+"""The characters and length of a registered-model alias MLflow accepts."""
 
 GENOTYPE_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "darts": {"C": 8, "layers": 5, "reductions": 2, "head_channels": 64},
@@ -48,6 +51,7 @@ class RetrainConfig(ExperimentConfig):
     search_experiment: str = option("nasplat-search", "MLflow experiment searched for the latest finished search "
                                      "when no model source is given")
     register_model: str | None = option(None, "register the best model in the MLflow model registry under this name")
+    model_alias: str = option("candidate", "alias the registered version gets (with --register-model); empty: none")
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +62,11 @@ class RetrainConfig(ExperimentConfig):
                 "(genotype file, from_run or baseline), not several"
             )
         self.require_mapping("model_options")
+        alias = self.model_alias
+        if not isinstance(alias, str) or (alias and (not ALIAS_PATTERN.fullmatch(alias) or alias.lower() == "latest"
+                                                     or re.fullmatch(r"[vV]\d+", alias))):
+            raise ConfigError(f"config field 'model_alias' must be up to 255 letters, digits, '_' or '-', not 'latest' "
+                              f"or v<number> (MLflow reserves them), or empty for none; got {alias!r}")
         self.require_numbers("lr", "poly_power", strict=True)
         self.require_numbers("momentum", "weight_decay", "aux_weight")
         if (not isinstance(self.eval_scales, (list, tuple)) or not self.eval_scales

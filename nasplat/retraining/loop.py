@@ -72,6 +72,7 @@ class Retrainer:
         data = search_data(config.dataset, config.image_size, config.train_samples, config.val_samples,
                            config.seed, config.data_root)
         self.data_description = data.description
+        self.val_data = data.val
         self.spec = ModelSpec.from_source(source, data.num_classes, data.class_names)
         self.model = self.spec.build().to(self.device)
         broadcast_module_(self.model)

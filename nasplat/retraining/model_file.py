@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from nasplat.data.sources import search_data
+from nasplat.data.sources import SearchData, search_data
 from nasplat.models import get_model
+from nasplat.models.pretrained import INITIAL_WEIGHT_OPTIONS
 from nasplat.retraining.config import GENOTYPE_DEFAULT_OPTIONS
 from nasplat.spaces.registry import genotype_from_dict, get_space
 from nasplat.training.checkpoints import atomic_save
@@ -52,13 +52,17 @@ class ModelSpec:
             options = {**GENOTYPE_DEFAULT_OPTIONS.get(str(genotype.get("space")), {}), **options}
         return cls(int(num_classes), tuple(class_names), genotype=genotype, baseline=baseline, options=options)
 
-    def build(self) -> nn.Module:
-        """The network; a baseline from the model registry, a genotype through its space's ``build``."""
+    def build(self, initial_weights: bool = True) -> nn.Module:
+        """The network; a baseline from the model registry, a genotype through its space's ``build``. Without
+        ``initial_weights`` the options that only set starting weights (``pretrained``, ``backbone_weights``) are
+        left out: for a network whose trained weights are loaded next, on a machine that may have neither."""
+        options = self.options if initial_weights else {
+            k: v for k, v in self.options.items() if k not in INITIAL_WEIGHT_OPTIONS}
         try:
             if self.baseline is not None:
-                return get_model(self.baseline, num_classes=self.num_classes, **self.options)
+                return get_model(self.baseline, num_classes=self.num_classes, **options)
             genotype = genotype_from_dict(self.genotype)
-            return get_space(genotype.space).build(genotype, self.num_classes, **self.options)
+            return get_space(genotype.space).build(genotype, self.num_classes, **options)
         except TypeError as err:
             raise ConfigError(f"config field 'model_options' {self.options!r} does not fit {self.label()}: {err}") from None
 
@@ -107,13 +111,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_model_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of a model file with its weights, in eval mode; also return the payload."""
     payload = read_checkpoint(path)
-    model = ModelSpec.from_dict(payload["spec"]).build()
+    model = ModelSpec.from_dict(payload["spec"]).build(initial_weights=False)
     model.load_state_dict(payload["state_dict"])
     return model.to(device).eval(), payload
 
 
-def validation_split(data: Mapping[str, Any]) -> tuple[Dataset, tuple[str, ...], int]:
-    """The validation dataset, class names and class count of a checkpoint's ``data`` record."""
-    splits = search_data(data["dataset"], int(data["image_size"]), int(data["train_samples"]),
-                         int(data["val_samples"]), int(data["seed"]), data.get("data_root"))
-    return splits.val, splits.class_names, splits.num_classes
+def recorded_data(data: Mapping[str, Any]) -> SearchData:
+    """The splits (validation, class names and count, description) of a checkpoint's ``data`` record."""
+    return search_data(data["dataset"], int(data["image_size"]), int(data["train_samples"]),
+                       int(data["val_samples"]), int(data["seed"]), data.get("data_root"))

@@ -16,8 +16,10 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from nasplat.models import available_models, model_factory
+from nasplat.models.pretrained import PretrainedWeightsUnavailable, resolve_initial_weights
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE
+from nasplat.retraining.summary import checkpoint_summary, latency_input
 from nasplat.runtime import preflight
 from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
 from nasplat.runtime.progress import TrialProgress
@@ -73,6 +75,10 @@ def resolve_source(config: RetrainConfig) -> ModelSource:
             raise ConfigError(f"config field 'baseline': unknown model {config.baseline!r}; "
                               f"registered models: {', '.join(available_models())}")
         preflight.check_options("model_options", model_factory(config.baseline), options, config.baseline)
+        try:  # a missing weights file or an offline machine stops here, before Ray starts
+            options = resolve_initial_weights(options)
+        except (ValueError, PretrainedWeightsUnavailable) as err:
+            raise ConfigError(f"config field 'model_options': {err}") from None
         return ModelSource({"baseline": config.baseline, "options": options}, {}, config.baseline)
     lineage: dict[str, str] = {}
     if config.genotype:
@@ -130,14 +136,18 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Experim
     best = run.best("best_val_miou")
     best_run_id = run.trial_run_id(best)
     checkpoint = f"{run.run_dir}/{BEST_MODEL_FILE}"
+    best_epoch = int(best.metrics["best_epoch"])
     with tempfile.TemporaryDirectory(prefix="nasplat-best-") as tmp:
         downloaded = download_best_model(config.tracking_uri, best_run_id, tmp)
         write_bytes(checkpoint, downloaded.read_bytes())
-        model_uri, version = log_best_model(config.tracking_uri, downloaded, best_run_id, config.image_size,
-                                            source.source.get("genotype"), config.register_model)
+        summary, size = checkpoint_summary(downloaded)  # quality at the best epoch, cost at the training crop
+        model_uri, _, version = log_best_model(config.tracking_uri, downloaded, best_run_id, config.image_size,
+                                               source.source.get("genotype"), config.register_model,
+                                               config.model_alias, summary, best_epoch)
     parent = RunLogger(config.tracking_uri, run.parent_run_id)
-    parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"]}, step=int(best.metrics["best_epoch"]))
-    tags = {schema.MODEL_RUN_TAG: best_run_id, schema.BEST_TRIAL_RUN_TAG: best_run_id, schema.MODEL_URI_TAG: model_uri}
+    parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"], **summary}, step=best_epoch)
+    tags = {schema.MODEL_RUN_TAG: best_run_id, schema.BEST_TRIAL_RUN_TAG: best_run_id, schema.MODEL_URI_TAG: model_uri,
+            schema.LATENCY_INPUT_TAG: latency_input(size)}
     if version is not None:
         tags[schema.REGISTERED_MODEL_TAG] = f"{config.register_model}/{version}"
     parent.set_tags(tags)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -104,6 +104,22 @@ def _log_params(client: MlflowClient, run_id: str, record: dict) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
+def _log_image(client: MlflowClient, run_id: str, record: dict) -> None:
+    """``log_image(key=..., step=...)``: the file under ``images/`` the UI steps through, and its preview."""
+    from PIL import Image
+
+    with Image.open(record["path"]) as image:
+        image.load()
+        client.log_image(run_id, image, key=record["key"], step=record["step"], timestamp=record["timestamp"],
+                         synchronous=True)
+
+
+def _log_inputs(client: MlflowClient, run_id: str, record: dict) -> None:
+    """``log_inputs``: datasets as ``{"dataset": Dataset fields, "tags": {...}}``."""
+    client.log_inputs(run_id, [DatasetInput(Dataset(**item["dataset"]), [InputTag(k, v) for k, v in item["tags"].items()])
+                               for item in record["datasets"]])
+
+
 SENDERS: dict[str, Callable[[MlflowClient, str, dict], Any]] = {
     "params": _log_params,
     "metrics": lambda c, run, r: c.log_batch(run, metrics=[Metric(*m) for m in r["metrics"]]),
@@ -112,8 +128,12 @@ SENDERS: dict[str, Callable[[MlflowClient, str, dict], Any]] = {
     "artifact": lambda c, run, r: c.log_artifact(run, r["path"], r["artifact_path"]),
     "artifacts": lambda c, run, r: c.log_artifacts(run, r["path"], r["artifact_path"]),
     "terminated": lambda c, run, r: c.set_terminated(run, r["status"], r["end_time"]),
+    "image": _log_image,
+    "inputs": _log_inputs,
 }
 """How each kind of record (``record["op"]``) is sent to the run."""
+COPIED_OPS = ("artifact", "artifacts", "image")
+"""Records whose ``path`` is a private copy (:meth:`Outbox.spool_copy`), removed once delivered."""
 
 
 def send(client: MlflowClient, run_id: str, record: dict) -> None:
@@ -234,7 +254,7 @@ class Outbox:
         with self._changed:
             if self._stopped:  # close() has saved it already
                 return
-            if record["op"] in ("artifact", "artifacts") and "error" not in record:
+            if record["op"] in COPIED_OPS and "error" not in record:
                 shutil.rmtree(Path(record["path"]).parent, ignore_errors=True)
                 if self._spool is not None and not any(self._spool.iterdir()):
                     self._spool.rmdir()  # a worker killed later leaves no empty folder behind

@@ -16,8 +16,10 @@ from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.reachability import check_answers
 from nasplat.tracking.schema import (
     COMMAND_TAG,
+    EXPERIMENT_KIND_TAG,
     GIT_COMMIT_TAG,
     KIND_TAG,
+    MODEL_DEVELOPMENT,
     PARENT_TAG,
     RAY_JOB_TAG,
     RUN_NAME_TAG,
@@ -44,10 +46,15 @@ def reading_client(tracking_uri: str) -> MlflowClient:
 
 
 def ensure_experiment(mlflow_client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created if missing; tagged as model development (the MLflow 3 UI opens it in
+    its model-training view), unless it already says what it is."""
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow_client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri))
+    if experiment is None:
+        return mlflow_client.create_experiment(name, artifact_location=local_artifact_root(tracking_uri),
+                                               tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older nasplat or by hand
+        mlflow_client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 PROVENANCE_PACKAGES = ("torch", "torchvision", "ray", "mlflow", "optuna", "pyarrow")

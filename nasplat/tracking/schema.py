@@ -10,7 +10,14 @@ SEARCH = "search"
 SEARCH_TRIAL = "search-trial"
 RETRAIN = "retrain"
 RETRAIN_TRIAL = "retrain-trial"
+EVALUATE = "evaluate"
 TRIAL_KIND = {SEARCH: SEARCH_TRIAL, RETRAIN: RETRAIN_TRIAL}
+
+# experiments
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+"""The value of ``EXPERIMENT_KIND_TAG`` that opens an experiment in the MLflow 3 UI's model-training view (untagged
+experiments open in its GenAI view)."""
 
 # identity and provenance
 KIND_TAG = "nasplat.kind"
@@ -44,6 +51,20 @@ GENOTYPE_FILE_TAG = "nasplat.source_genotype_file"
 MODEL_RUN_TAG = "nasplat.model_run"
 MODEL_URI_TAG = "nasplat.model_uri"
 REGISTERED_MODEL_TAG = "nasplat.registered_model"
+EVALUATED_RUN_TAG = "nasplat.evaluated_run"
+"""On an ``evaluate`` run: the retrain run (parent or trial) whose model file it evaluated."""
+LATENCY_INPUT_TAG = "nasplat.latency_input"
+"""Where ``LATENCY_METRIC`` was measured: ``cpu 1x3xHxW``."""
+
+# metrics a run's quality and cost are read from (MLflow's chart view plots one against the other)
+MIOU_METRIC = "val_miou"
+IOU_METRIC_PREFIX = "val_iou"
+"""Per-class IoU: ``val_iou.<class name>``."""
+PARAMS_METRIC = "params"
+FLOPS_METRIC = "flops"
+GFLOPS_METRIC = "gflops"
+LATENCY_METRIC = "latency_ms"
+"""Median forward time at batch 1 on CPU, in milliseconds."""
 
 # artifacts
 GENOTYPE_ARTIFACT = "genotype.json"
@@ -53,5 +74,7 @@ EARLY_STOP_ARTIFACT = "early_stop/decision_{index:02d}.json"
 BEST_MODEL_DIR = "checkpoints"
 BEST_MODEL_ARTIFACT = f"{BEST_MODEL_DIR}/best_model.pt"
 CONFUSION_ARTIFACT = f"{BEST_MODEL_DIR}/confusion_matrix.json"
+PREDICTIONS_IMAGE = "predictions"
+CONFUSION_IMAGE = "confusion_matrix"
 LOGGED_MODEL_NAME = "model"
 """The ``name=`` of the retrained model logged with ``mlflow.pytorch.log_model``."""

@@ -14,12 +14,14 @@ from nasplat.viz.cells import (
     renderer_of,
     save_figure,
 )
+from nasplat.viz.confusion import render_confusion_matrix, row_normalised
 from nasplat.viz.heatmaps import render_arch_figures, render_arch_heatmaps, render_evolution
 from nasplat.viz.overlays import dataset_palette, predict_samples, render_overlays
 from nasplat.viz.pictures import PictureSet, Predictions, log_figures, render_pictures
 
 __all__ = [
     "FORMATS", "PictureSet", "Predictions", "Rendered", "cell_dot", "cell_graph", "dataset_palette", "log_figures",
-    "predict_samples", "render_arch_figures", "render_arch_heatmaps", "render_cell", "render_evolution",
-    "render_genotype_cells", "render_overlays", "render_pictures", "renderer_of", "save_figure",
+    "predict_samples", "render_arch_figures", "render_arch_heatmaps", "render_cell", "render_confusion_matrix",
+    "render_evolution", "render_genotype_cells", "render_overlays", "render_pictures", "renderer_of", "row_normalised",
+    "save_figure",
 ]
