@@ -17,6 +17,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "nasplat.retraining.config": ("RetrainConfig",),
     "nasplat.training.result": ("ExperimentResult",),
     "nasplat.searching.bilevel": ("BilevelOptimizer",),
+    "nasplat.searching.cost": ("CostModel", "OpShape", "cell_op_shapes", "choice_shapes", "cost_matrix",
+                               "expected_cell_cost", "lookup"),
+    "nasplat.searching.topk": ("k_best", "top_cells"),
     "nasplat.spaces.cells": ("DiscreteCell", "MixedCell", "OpChoice", "cell_edges", "decode_cell", "resize_to"),
     "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
@@ -41,6 +44,9 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
     from nasplat.models.layers import ASPP, ASPPPooling, conv_bn_relu
     from nasplat.retraining.config import RetrainConfig
     from nasplat.searching.bilevel import BilevelOptimizer
+    from nasplat.searching.cost import (CostModel, OpShape, cell_op_shapes, choice_shapes, cost_matrix,
+                                        expected_cell_cost, lookup)
+    from nasplat.searching.topk import k_best, top_cells
     from nasplat.searching.config import SearchConfig
     from nasplat.spaces.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
     from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype

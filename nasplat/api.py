@@ -15,7 +15,10 @@ _Config = TypeVar("_Config", bound=ExperimentConfig)
 
 def build_config(config_type: type[_Config], config: _Config | Mapping[str, Any] | str | Path | None,
                  options: Mapping[str, Any]) -> _Config:
-    """A config from an instance, a mapping or a YAML file (or the defaults), with ``options`` on top."""
+    """A config from an instance, a mapping or a YAML file (or the defaults), with ``options`` on top.
+
+    With ``resume`` among them, the run's stored settings instead (``resume_override`` changes some); what else is
+    given must agree with them. Of an instance, the fields that differ from the defaults count as given."""
     if config is None:
         base: dict[str, Any] = {}
         source = "options"
@@ -28,11 +31,19 @@ def build_config(config_type: type[_Config], config: _Config | Mapping[str, Any]
     else:
         raise ConfigError(f"config must be a {config_type.__name__}, a mapping or a YAML file path, "
                           f"got {type(config).__name__}")
+    if {**base, **options}.get("resume"):
+        from nasplat.runtime.run_folder import resumed_config
+
+        if isinstance(config, config_type):
+            defaults = config_type().to_dict()
+            base = {key: value for key, value in base.items() if value != defaults[key]}
+        return resumed_config(config_type, {**base, **options})
     return config_type.from_dict({**base, **options}, source=source)
 
 
 def search(config: SearchConfig | Mapping[str, Any] | str | Path | None = None, **options: Any) -> ExperimentResult:
-    """Run an architecture search; keyword options are the CLI options with underscores (the YAML keys).
+    """Run an architecture search; keyword options are the CLI options with underscores (the YAML keys), e.g.
+    ``resume="my-run"`` continues a stopped one.
 
     Returns the best trial's genotype, the MLflow parent run id and ``metrics["best_val_miou"]``.
     """

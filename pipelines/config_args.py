@@ -113,11 +113,17 @@ class FlagSpec:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """field -> this command's default where it differs from the config's (below the ``--config`` file)"""
 
+    def all_mapping_flags(self) -> dict[str, str]:
+        """``mapping_flags``, plus ``--field-name`` for every other mapping field (``--resume-override``)."""
+        return {**{f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(self.config_type)
+                   if isinstance(getattr(self.config_type(), f.name), dict)}, **self.mapping_flags}
+
     def add_arguments(self, parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
         """``--config FILE`` plus one flag per field; absent flags leave no attribute (the file or default wins)."""
         parser.add_argument("--config", metavar="FILE",
                             help="YAML file of options (keys = option names with underscores)")
         defaults = self.config_type().replace(**self.defaults)
+        mapping_flags = self.all_mapping_flags()
         for field in dataclasses.fields(self.config_type):
             if field.name in skip:
                 continue
@@ -127,10 +133,10 @@ class FlagSpec:
                       "help": with_default(field.metadata["help"], default)}
             if "choices" in field.metadata:
                 common["choices"] = field.metadata["choices"]
-            if field.name in self.metavars:
-                common["metavar"] = self.metavars[field.name]
-            if field.name in self.mapping_flags:
-                parser.add_argument(self.mapping_flags[field.name], action="append", metavar="KEY=VALUE", **common)
+            if field.name in self.metavars or "metavar" in field.metadata:
+                common["metavar"] = self.metavars.get(field.name, field.metadata.get("metavar"))
+            if field.name in mapping_flags:
+                parser.add_argument(mapping_flags[field.name], action="append", metavar="KEY=VALUE", **common)
             elif field.name in self.list_flags:
                 kind, nargs = self.list_flags[field.name]
                 parser.add_argument(flag, type=kind, nargs=nargs, **common)
@@ -160,15 +166,20 @@ class FlagSpec:
 
     def config_from_args(self, args: argparse.Namespace) -> Any:
         """Defaults (this command's, then the config's) < the ``--config`` file < the flags given; validated by
-        ``config_type.from_dict``."""
-        values: dict[str, Any] = dict(self.defaults)
+        ``config_type.from_dict``. With ``--resume``: the run's stored settings, changed only by
+        ``--resume-override``; other options given must agree with them (``run_folder.resumed_config``)."""
+        given: dict[str, Any] = {}
         source = "command line"
         if getattr(args, "config", None):
-            values.update(load_config_file(args.config))
+            given.update(load_config_file(args.config))
             source = args.config
         flags = {k: v for k, v in vars(args).items() if k in self.config_type.field_names()}
-        for name, flag in self.mapping_flags.items():
+        for name, flag in self.all_mapping_flags().items():
             if name in flags:
-                flags[name] = {**values.get(name, {}), **parse_key_values(flag, flags[name])}
-        values.update(flags)
-        return self.config_type.from_dict(values, source=source)
+                flags[name] = {**{**self.defaults, **given}.get(name, {}), **parse_key_values(flag, flags[name])}
+        given.update(flags)
+        if given.get("resume"):
+            from nasplat.runtime.run_folder import resumed_config
+
+            return resumed_config(self.config_type, given)
+        return self.config_type.from_dict({**self.defaults, **given}, source=source)

@@ -10,8 +10,10 @@ from pipelines.config_args import FlagSpec
 
 SEARCH_FLAGS = FlagSpec(
     SearchConfig,
-    mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option"},
-    metavars={"data_root": "DIR"},
+    mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option",
+                   "remedy_options": "--remedy-option"},
+    list_flags={"remedy": (str, "+")},
+    metavars={"data_root": "DIR", "remedy": "NAME"},
 )
 
 

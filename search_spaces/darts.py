@@ -26,9 +26,13 @@ from nasplat import (
     Supernet,
     cell_edges,
     decode_cell,
+    k_best,
     register_space,
     resize_to,
+    top_cells,
 )
+
+from search_spaces.darts_cost import DartsCostModel, cell_layout
 
 NUM_NODES = 4
 NUM_EDGES = len(cell_edges(NUM_NODES))  # 14
@@ -237,6 +241,23 @@ class DartsSpace(SearchSpace):
     def build(self, genotype: Genotype, num_classes: int, **options) -> DartsNetwork:
         self.require_genotype(genotype)
         return DartsNetwork(genotype, num_classes, **options)
+
+    def cost_model(self, image_size: int, C: int = 8, layers: int = 5, reductions: int = 2, stem_multiplier: int = 3,
+                   stem_stride: int = 1, head_channels: int = 64) -> DartsCostModel:
+        """The searched ops of the network these supernet options describe (``build`` takes the same options)."""
+        cells = cell_layout(image_size, C, reduction_layers(layers, reductions), layers, stem_stride)
+        options = {"C": C, "layers": layers, "reductions": reductions, "stem_multiplier": stem_multiplier,
+                   "stem_stride": stem_stride, "head_channels": head_channels}
+        return DartsCostModel(cells, self.ops, NUM_NODES, options)
+
+    def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int, **options) -> list[tuple[float, DartsGenotype]]:
+        """Strength: the log of the product of the kept edges' op probabilities over both cells
+        (:func:`nasplat.top_cells`); rank 1 is :meth:`decode`."""
+        self.require_arch(arch, "normal", "reduce")
+        concat = tuple(range(2, 2 + NUM_NODES))
+        cells = [top_cells(arch[name], self.ops, NUM_NODES, k) for name in ("normal", "reduce")]
+        return [(score, DartsGenotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat))
+                for score, (normal, reduce) in k_best(cells, k)]
 
 
 DARTS_V2 = DartsGenotype(

@@ -9,9 +9,9 @@ loop, the Tune search algorithm or scheduler, and what to do with the best trial
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import ray
@@ -21,12 +21,13 @@ from nasplat.runtime.preflight import check_worker_share
 from nasplat.runtime.progress import TrialProgress
 from nasplat.runtime.ray_session import start_ray
 from nasplat.runtime.resources import plan_resources
+from nasplat.runtime.run_folder import absolute_locations, keep_settings
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_run
-from nasplat.tracking.uri import mask_credentials, resolve_tracking_uri
-from nasplat.training.config import ConfigError, ExperimentConfig
-from nasplat.training.storage import read_bytes, resolve_storage, run_location, write_bytes
+from nasplat.tracking.uri import mask_credentials
+from nasplat.training.config import ExperimentConfig
+from nasplat.training.storage import run_location
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -35,7 +36,7 @@ TRIAL_TAGS_KEY = "_nasplat_trial_tags"
 
 
 class ExperimentInterrupted(RuntimeError):
-    """The experiment stopped before its trials finished (Ctrl+C); re-running it with the same name resumes."""
+    """The experiment stopped before its trials finished (Ctrl+C); ``--resume NAME`` continues it."""
 
 
 class AllTrialsFailed(RuntimeError):
@@ -48,17 +49,10 @@ def log(message: str) -> None:
 
 def resolve_paths(config: ExperimentConfig, default_name: str, **changes: Any) -> Any:
     """Absolute data, storage and tracking locations, a run name (``<default_name>-<time>``), and ``changes``."""
-    dataset = config.dataset
-    if dataset.startswith("parquet:"):
-        dataset = "parquet:" + str(Path(dataset.split(":", 1)[1]).expanduser().resolve())
-    return config.replace(
-        dataset=dataset,
-        data_root=str(Path(config.data_root).expanduser().resolve()) if config.data_root else None,
-        storage=resolve_storage(config.storage),
-        tracking_uri=resolve_tracking_uri(config.tracking_uri),
-        name=config.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        **changes,
-    )
+    values = config.to_dict()
+    locations = absolute_locations({key: values[key] for key in ("dataset", "data_root", "storage", "tracking_uri")})
+    return config.replace(**locations, name=config.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                          **changes)
 
 
 @dataclasses.dataclass
@@ -118,7 +112,7 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     """Run ``experiment`` to its end (or resume it); raises ExperimentInterrupted when it stopped early."""
     config = experiment.config
     run_dir = run_location(config.storage, config.name)
-    keep_settings(config, run_dir)
+    overrides = keep_settings(config, run_dir)
     log(f"MLflow tracking store: {mask_credentials(config.tracking_uri)}")
     log(f"run directory (checkpoints): {run_dir}")
     started_ray = start_ray(config.address, config.trials)
@@ -128,53 +122,38 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
         check_worker_share(plan)
         log(f"resources: {plan.describe()}")
         parent_run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, experiment.kind,
-                                        config.to_dict(), tags=experiment.parent_tags, argv=experiment.argv)
+                                        config.settings(), tags=experiment.parent_tags, argv=experiment.argv)
+        if overrides:  # params keep their first values: the tag says what a resume changed
+            RunLogger(config.tracking_uri, parent_run_id).set_tags(
+                {schema.RESUME_OVERRIDES_TAG: mask_credentials(json.dumps(overrides, sort_keys=True))})
         if on_parent_run is not None:
             on_parent_run(parent_run_id)
         param_space = {**config.to_dict(), **experiment.param_space, PLAN_KEY: {"per_worker": plan.per_worker},
                        PARENT_KEY: parent_run_id, KIND_KEY: experiment.kind,
                        TRIAL_TAGS_KEY: dict(experiment.trial_tags)}
-        results = _tuner(experiment, param_space, plan.driver, plan.max_concurrent_trials, run_dir).fit()
+        results = _tuner(experiment, param_space, plan.driver, plan.max_concurrent_trials, run_dir, overrides).fit()
     finally:
         if started_ray:
             ray.shutdown()
     if len(experiment.progress.ended()) < len(results):
         raise ExperimentInterrupted(
             f"the {experiment.kind} stopped before all trials finished; its state is saved in {run_dir}. "
-            f"Run the same command with --name {config.name} to resume it."
+            f"Continue it with: nasplat {experiment.kind} --resume {config.name}"
         )
     return ExperimentRun(config, results, parent_run_id, run_dir)
 
 
-CONFIG_FILE = "nasplat_config.json"
-"""The settings a run started with, in its run folder: a resumed run must ask for the same ones."""
-
-
-def keep_settings(config: ExperimentConfig, run_dir: str) -> None:
-    """Record ``config`` in the run folder, or check it against the recorded one: resuming a run (same name) with
-    other settings is refused with the list of differences (Tune would silently keep the stored ones)."""
-    location = f"{run_dir}/{CONFIG_FILE}"
-    stored = read_bytes(location)
-    current = config.to_dict()
-    if stored is None:
-        write_bytes(location, (json.dumps(current, indent=2) + "\n").encode())
-        return
-    recorded = json.loads(stored)
-    changed = sorted(key for key in set(recorded) | set(current) if recorded.get(key) != current.get(key))
-    if changed:
-        listed = "; ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise ConfigError(f"run {config.name!r} in {run_dir} was started with other settings ({listed}); resume it "
-                          f"with the same options, or start a new run with another --name")
-
-
 def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str, float], concurrent: int,
-           run_dir: str) -> tune.Tuner:
-    """A new Tuner, or the stored one of the same run name (resume)."""
+           run_dir: str, overrides: dict[str, Any]) -> tune.Tuner:
+    """A new Tuner, or the stored one of the same run name (resume), whose trials get ``overrides`` on top of the
+    configs Tune stored for them."""
     config = experiment.config
-    trainable = tune.with_resources(experiment.trainable, driver)
+    trainable = tune.with_resources(_with_overrides(experiment.trainable, overrides), driver)
     if tune.Tuner.can_restore(run_dir):
         log(f"resuming the {experiment.kind} stored in {run_dir}")
         return tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True)
+    if config.resume:
+        log(f"nothing of run {config.name} was stored by Tune yet: it starts from the beginning")
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -185,6 +164,19 @@ def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str
         run_config=tune.RunConfig(name=config.name, storage_path=config.storage, verbose=0,
                                   callbacks=[experiment.progress]),
     )
+
+
+def _with_overrides(trainable: Callable[[dict[str, Any]], None],
+                    overrides: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """``trainable`` with ``overrides`` (settings changed on resume) laid over each trial's stored config."""
+    if not overrides:
+        return trainable
+
+    @functools.wraps(trainable)
+    def run(trial_config: dict[str, Any]) -> None:
+        trainable({**trial_config, **overrides})
+
+    return run
 
 
 @dataclasses.dataclass
@@ -210,5 +202,5 @@ def start_trial(trial_config: Mapping[str, Any], config_type: type[ExperimentCon
     config = config_type.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_trial_run(config.tracking_uri, parent_run_id, trial_id, f"{config.name}-{trial_id}",
-                            schema.TRIAL_KIND[kind], config.to_dict(), tags=tags)
+                            schema.TRIAL_KIND[kind], config.settings(), tags=tags)
     return TrialStart(config, run_id, trial_id, plan["per_worker"], extras)

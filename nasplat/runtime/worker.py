@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -18,12 +20,18 @@ import ray.train
 import torch
 
 from nasplat.tracking.logger import RunLogger
-from nasplat.tracking.schema import FAILURE_REASON_TAG, WORKER_NODE_TAG
+from nasplat.tracking.schema import FAILURE_REASON_TAG, RESTARTS_TAG, RESUMES_TAG, WORKER_NODE_TAG, WORKER_PID_TAG
 from nasplat.training.config import ExperimentConfig
 from nasplat.training.divergence import TrainingDiverged
+from nasplat.training.storage import read_bytes, run_location, write_bytes
 
 RUN_ID_KEY = "_nasplat_run_id"
 TRACKING_KEY = "_nasplat_tracking_uri"
+FIT_KEY = "_nasplat_fit"
+"""A new id for each ``TorchTrainer`` a trial builds: starts under one id beyond the first are worker-group restarts;
+each further id is a resumed driver."""
+STARTS_FOLDER = "nasplat_starts"
+"""In the run folder: ``<trial run id>.json`` counts the worker-group starts of each fit of that trial."""
 FAILED_KEY = "trial_failed"
 REASON_KEY = "failure_reason"
 FAILURE_FILE = "failure.json"
@@ -54,30 +62,51 @@ class WorkerContext:
 
 def worker_loop_config(config: ExperimentConfig, run_id: str, **extras: Any) -> dict[str, Any]:
     """The ``train_loop_config`` a trial hands its workers: the config, the trial's run and ``extras``."""
-    return {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri, **extras}
+    return {**config.to_dict(), RUN_ID_KEY: run_id, TRACKING_KEY: config.tracking_uri, FIT_KEY: uuid.uuid4().hex,
+            **extras}
 
 
 def start_worker(loop_config: dict[str, Any], config_type: type[ExperimentConfig],
                  extra_keys: tuple[str, ...] = ()) -> WorkerContext:
-    """Parse the loop config, set threads and device, tag the run with this worker's node, open the logger."""
+    """Parse the loop config, set threads and device, tag the run with this worker's node and process (and on rank 0
+    the restart counts), open the logger."""
     logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO
     loop_config = dict(loop_config)
     run_id = loop_config.pop(RUN_ID_KEY)
     tracking_uri = loop_config.pop(TRACKING_KEY)
+    fit_id = loop_config.pop(FIT_KEY)
     extras = {key: loop_config.pop(key) for key in extra_keys}
     config = config_type.from_dict(loop_config)
     torch.set_num_threads(max(1, int(config.cpus_per_worker or 1)))
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device() if config.gpus_per_worker > 0 else torch.device("cpu")
-    RunLogger(tracking_uri, run_id).set_tags({f"{WORKER_NODE_TAG}.{rank}": ray.get_runtime_context().get_node_id()})
+    node = ray.get_runtime_context().get_node_id()
+    tags = {f"{WORKER_NODE_TAG}.{rank}": node, f"{WORKER_PID_TAG}.{rank}": os.getpid()}
+    if rank == 0:
+        restarts, resumes = count_start(f"{run_location(config.storage, config.name)}/{STARTS_FOLDER}/{run_id}.json",
+                                        fit_id)
+        tags.update({RESTARTS_TAG: restarts, RESUMES_TAG: resumes})
+    RunLogger(tracking_uri, run_id).set_tags(tags)
     logger = RunLogger(tracking_uri, run_id) if rank == 0 else None
     return WorkerContext(config, extras, rank, device, logger)
+
+
+def count_start(location: str, fit_id: str) -> tuple[int, int]:
+    """Count one start of a trial's workers under ``fit_id`` in the file at ``location``; returns ``(worker-group
+    restarts, resumed drivers)`` of the trial so far."""
+    stored = read_bytes(location)
+    starts: dict[str, int] = json.loads(stored) if stored is not None else {}
+    starts[fit_id] = starts.get(fit_id, 0) + 1
+    write_bytes(location, (json.dumps(starts) + "\n").encode())
+    return sum(starts.values()) - len(starts), len(starts) - 1
 
 
 def restore_latest(context: WorkerContext, loop: Restorable) -> None:
     """Load the trial's latest checkpoint into ``loop`` when Ray Train hands one over (resume or restart).
 
-    A trial that failed for good (divergence) stays failed: its failure is raised again, not retrained."""
+    A trial that failed for good (divergence) stays failed: its failure is raised again, not retrained. After a
+    restart, rank 0 leaves out the metrics the run holds already (an epoch logged, then lost before its checkpoint,
+    is computed again but recorded once)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return
@@ -86,8 +115,9 @@ def restore_latest(context: WorkerContext, loop: Restorable) -> None:
         if failure.is_file():
             raise TrainingDiverged(json.loads(failure.read_text())[REASON_KEY])
         loop.restore(directory)
-    if context.is_rank0:
+    if context.logger is not None:
         print(f"[nasplat] resumed from {checkpoint.path} at epoch {loop.epoch}", flush=True)
+        context.logger.skip_recorded_metrics()
 
 
 def report_epoch(context: WorkerContext, metrics: dict[str, Any], write: Callable[[Path], None]) -> None:

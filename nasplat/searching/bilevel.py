@@ -10,9 +10,15 @@ step, as ``optimizer.step()`` skips parameters whose ``.grad`` is None in the re
 decay and momentum do not move them. The extra forward passes of the second-order gradient (at
 w, at the unrolled w' and at the two perturbed weights) leave the BatchNorm running statistics
 as they were; only the weight step's own forward pass updates them.
+
+An ``arch_penalty`` (a differentiable function of the arch parameters alone, the same on every worker, e.g. the
+expected cost of :mod:`nasplat.searching.cost_search`) adds its gradient to the averaged architecture gradient.
+Collapse ``remedies`` (:mod:`nasplat.searching.remedies`) add their penalty's gradient the same way and may
+perturb the arch parameters during the weight step.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Literal
 
 import torch
@@ -20,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nasplat.searching.buffers import preserved_buffers
+from nasplat.searching.remedies import Remedies
 from nasplat.spaces.space import ARCH_PREFIX, Supernet
 from nasplat.training.collectives import average_
 
@@ -39,6 +46,8 @@ class BilevelOptimizer:
         loss_fn: LossFn,
         order: Literal[1, 2] = 1,
         grad_clip: float | None = 5.0,
+        arch_penalty: Callable[[], torch.Tensor] | None = None,
+        remedies: Remedies | None = None,
     ) -> None:
         if order not in (1, 2):
             raise ValueError(f"order must be 1 or 2, got {order!r}")
@@ -48,6 +57,8 @@ class BilevelOptimizer:
         self.loss_fn = loss_fn
         self.order = order
         self.grad_clip = grad_clip
+        self.arch_penalty = arch_penalty
+        self.remedies = remedies
         self.weight_names = [n for n, _ in model.named_weight_parameters()]
         self.weights = [p for _, p in model.named_weight_parameters()]
         self.arch_names = [ARCH_PREFIX + n for n in model.arch_parameters()]
@@ -63,6 +74,12 @@ class BilevelOptimizer:
 
     def arch_step(self, batch_a: Batch, batch_b: Batch) -> float:
         grads, val_loss = self.architecture_gradient(batch_a, batch_b)
+        if self.arch_penalty is not None:
+            extra = torch.autograd.grad(self.arch_penalty(), self.arch, allow_unused=True)
+            grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
+        remedy = self.remedies.penalty_gradient(self.arch) if self.remedies is not None else None
+        if remedy is not None:
+            grads = [g + r.to(g.dtype) for g, r in zip(grads, remedy)]
         for param, grad in zip(self.arch, grads):
             param.grad = grad
         self.arch_optimizer.step()
@@ -70,8 +87,9 @@ class BilevelOptimizer:
         return val_loss
 
     def weight_step(self, batch_a: Batch) -> float:
-        loss = self.loss_fn(self.model(batch_a[0]), batch_a[1])
-        grads, used = _averaged_gradients(loss, self.weights)
+        with self.remedies.perturbed(self.arch) if self.remedies is not None else contextlib.nullcontext():
+            loss = self.loss_fn(self.model(batch_a[0]), batch_a[1])
+            grads, used = _averaged_gradients(loss, self.weights)
         for param, grad, in_graph in zip(self.weights, grads, used):
             param.grad = grad if in_graph else None  # SGD skips it: no decay, no momentum
         if self.grad_clip is not None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from nasplat.searching.remedy_options import REMEDY_CHOICES, resolve_remedies
 from nasplat.training.config import ConfigError, ExperimentConfig, is_count, option
 
 EARLY_STOP_PRESETS = ("off", "paper", "reference")
 EARLY_STOP_MODES = ("stop", "ada", "simulate")
+COSTS = ("off", "latency", "flops", "params")
 
 
 @dataclasses.dataclass
@@ -40,11 +42,27 @@ class SearchConfig(ExperimentConfig):
                                       "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
                                       "ada_factor, ada_max_weight_decay, extra_rollback, hessian_weight_decay, "
                                       "decide_on_final_epoch)")
+    remedy: list = option(["none"], "collapse remedies, any space (docs/collapse.md): sdarts (SDARTS-RS noise on the "
+                          "architecture in the weight step), beta_decay (beta-DARTS regulariser), entropy (annealed "
+                          "entropy penalty: the search ends decided), or none", choices=REMEDY_CHOICES)
+    remedy_options: dict = option({}, "remedy settings as KEY=VALUE, repeatable (sdarts: epsilon_min, epsilon_max; "
+                                  "beta_decay: beta_weight; entropy: entropy_weight, entropy_start)")
     hessian_batches: int = option(2, "split-B batches per worker used for the Hessian eigenvalue (the same ones "
                                   "every time)")
     hessian_iterations: int = option(20, "power-iteration steps for the Hessian eigenvalue")
     hessian_arch_weight_decay: bool = option(False, "add the architecture weight decay to the Hessian (H + wd*I), "
                                              "as the authors' code")
+    cost: str = option("off", "cost-aware search: add the architecture's expected latency, FLOPs or parameters (the "
+                       "searched ops, from the space's cost model) to the architecture loss; docs/cost_aware_search.md",
+                       choices=COSTS)
+    cost_weight: float = option(1.0, "weight W of the cost term: W * expected/uniform-architecture cost, or with "
+                                "--cost-target W * max(0, expected/target - 1)")
+    cost_target: float | None = option(None, "penalise only the expected cost above this (ms, GFLOPs or parameters "
+                                       "of the searched ops)")
+    cost_table: str | None = option(None, "per-op cost table from `nasplat profile-ops` (needed for --cost latency; "
+                                    "FLOPs and parameters are counted when absent)")
+    top_k: int = option(3, "each trial logs its K strongest distinct genotypes (top_k_genotypes.json); `nasplat "
+                        "retrain --rank N` takes the N-th")
     picture_interval: int = option(5, "draw cells, arch heatmaps and prediction overlays every N epochs into the "
                                    "MLflow run (pictures/epoch_NNN/); 0 = only at the end (pictures/final/)")
 
@@ -65,13 +83,31 @@ class SearchConfig(ExperimentConfig):
                              "arch_beta1", "arch_beta2")
         self.require_choice("early_stop", EARLY_STOP_PRESETS)
         self.require_choice("early_stop_mode", EARLY_STOP_MODES)
-        self.require_mapping("space_options", "early_stop_options")
+        self.require_mapping("space_options", "early_stop_options", "remedy_options")
+        resolve_remedies(self.remedy, self.remedy_options)
         self.require_counts("hessian_batches", "hessian_iterations")
         if not isinstance(self.hessian_arch_weight_decay, bool):
             raise ConfigError(f"config field 'hessian_arch_weight_decay' must be true or false, "
                               f"got {self.hessian_arch_weight_decay!r}")
+        self._validate_cost()
+        self.require_counts("top_k")
         if not is_count(self.picture_interval, 0):
             raise ConfigError(
                 f"config field 'picture_interval' must be an integer >= 0 (0 = pictures only at the end), "
                 f"got {self.picture_interval!r}"
             )
+
+    def _validate_cost(self) -> None:
+        self.require_choice("cost", COSTS)
+        self.require_numbers("cost_weight")
+        if self.cost_target is not None:
+            self.require_numbers("cost_target", strict=True)
+        if self.cost == "off" and (self.cost_target is not None or self.cost_table is not None):
+            given = "cost_target" if self.cost_target is not None else "cost_table"
+            raise ConfigError(f"config field '{given}' needs a cost: set 'cost' to latency, flops or params")
+        if self.cost == "latency" and not self.cost_table:
+            raise ConfigError("config field 'cost_table' is needed for cost latency: measure one with `nasplat "
+                              "profile-ops --space SPACE --image-size S --out table.json` and pass --cost-table "
+                              "table.json")
+        if self.cost_table is not None and (not isinstance(self.cost_table, str) or not self.cost_table):
+            raise ConfigError(f"config field 'cost_table' must be a file path, got {self.cost_table!r}")

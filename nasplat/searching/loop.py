@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from nasplat.searching.bilevel import BilevelOptimizer
 from nasplat.training.config import ConfigError
 from nasplat.searching.config import SearchConfig
+from nasplat.searching.cost_search import cost_objective
 from nasplat.data.sources import SearchData, search_data
 from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.spaces.genotype import Genotype
@@ -28,6 +29,7 @@ from nasplat.training.metrics import IGNORE_INDEX
 from nasplat.training.seeding import gather_rng_states, restore_worker_rng, seed_everything
 from nasplat.searching.early_stop import EarlyStopConfig, EarlyStopper, StopDecision
 from nasplat.searching.hessian import dominant_hessian_eigenvalue
+from nasplat.searching.remedies import build_remedies
 from nasplat.spaces.registry import get_space
 
 CHECKPOINT_FILE = "search_state.pt"
@@ -97,9 +99,11 @@ class SupernetSearch:
             betas=(config.arch_beta1, config.arch_beta2), weight_decay=config.arch_weight_decay,
         )
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-        self.bilevel = BilevelOptimizer(
-            self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn, order=config.order, grad_clip=config.grad_clip
-        )
+        self.cost = cost_objective(config, self.space, self.model.arch_parameters())
+        penalty = (lambda: self.cost.penalty(self.model.arch_parameters())) if self.cost is not None else None
+        self.bilevel = BilevelOptimizer(self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn,
+                                        order=config.order, grad_clip=config.grad_clip, arch_penalty=penalty,
+                                        remedies=build_remedies(config.remedy, config.remedy_options))
         self.loaders = {  # only for the splits no stream (e.g. Ray Data) replaces
             name: self._loader(getattr(self.data, name), shuffle=True)
             for name in ("train_a", "train_b") if name not in self.streams
@@ -153,6 +157,9 @@ class SupernetSearch:
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         steps = 0
         lr = self.weight_optimizer.param_groups[0]["lr"]
+        remedies = self.bilevel.remedies
+        if remedies is not None:
+            remedies.set_epoch(self.epoch, self.config.epochs)
         for batch_a, batch_b in zip(self._batches("train_a"), self._batches("train_b")):
             batch_a = tuple(t.to(self.device) for t in batch_a)
             batch_b = tuple(t.to(self.device) for t in batch_b)
@@ -169,6 +176,8 @@ class SupernetSearch:
         elapsed = time.perf_counter() - started
         result = {"train_loss": train_loss, "w_lr": lr, "epoch_time_s": elapsed,
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
+        if remedies is not None:
+            result.update(remedies.schedule())
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
             result["arch_lr"] = self.arch_optimizer.param_groups[0]["lr"]
@@ -217,6 +226,10 @@ class SupernetSearch:
 
     def genotype(self) -> Genotype:
         return self.space.decode(self.model.arch_parameters(), **self.model.decode_options())
+
+    def cost_metrics(self, genotype: Genotype) -> dict[str, float]:
+        """With ``--cost``: the expected cost, the penalty and the decoded genotype's cost (else nothing)."""
+        return self.cost.metrics(self.model.arch_parameters(), genotype) if self.cost is not None else {}
 
     def arch_entropy(self) -> float:
         return architecture_entropy(self.model.arch_distributions())

@@ -4,16 +4,20 @@ Spaces are registered and looked up in :mod:`nasplat.spaces.registry`.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from nasplat.spaces.genotype import Genotype
+
+if TYPE_CHECKING:
+    from nasplat.searching.cost import CostModel
 
 ARCH_PREFIX = "arch."
 
@@ -120,6 +124,20 @@ class SearchSpace(ABC):
         """The smallest crop the supernet built with ``options`` takes: its total stride (a smaller crop leaves
         the coarsest feature maps under one pixel). Checked before a search starts; default 1 (no limit)."""
         return 1
+
+    def cost_model(self, image_size: int, **options) -> CostModel | None:
+        """Optional, for cost-aware search (``--cost``): the :class:`nasplat.CostModel` of the network that the
+        supernet built with ``options`` searches, at crop ``image_size``: its candidate ops with their input shapes
+        (what ``nasplat profile-ops`` measures), the expected cost of arch parameters and a genotype's cost.
+        Default None: the space has no cost model, and a cost-aware search of it is refused."""
+        return None
+
+    def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int, **options) -> list[tuple[float, Genotype]]:
+        """Optional: up to ``k`` distinct genotypes of ``arch``, strongest first, as ``(strength, genotype)``; rank 1
+        is ``decode(arch, **options)`` (``options``: the supernet's ``decode_options()``). Each search trial logs
+        them (``--top-k``) and ``nasplat retrain --rank N`` takes the N-th. Default: the decoded genotype alone,
+        strength NaN (a space defines its own strength when it overrides this)."""
+        return [(math.nan, self.decode(arch, **options))]
 
     def require_arch(self, arch: Mapping[str, torch.Tensor], *names: str) -> None:
         """Raise KeyError naming the space and the missing tensors if ``arch`` lacks any of ``names``."""

@@ -9,11 +9,21 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nasplat.tracking.outbox import CLOSE_TIMEOUT_S, FLUSH_TIMEOUT_S, close_all, close_run, outbox_for
+from nasplat.tracking.outbox import (
+    CLOSE_TIMEOUT_S,
+    FLUSH_TIMEOUT_S,
+    HEALTH,
+    THREAD_PREFIX,
+    close_all,
+    close_run,
+    outbox_for,
+)
+from nasplat.tracking.reachability import brief_error, shown_uri
 
 MAX_PARAM_LENGTH = 6000
 
@@ -36,6 +46,8 @@ class RunLogger:
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self._recorded: set[tuple[str, int]] = set()
+        """(metric, step) pairs the run held when :meth:`skip_recorded_metrics` asked; not logged again"""
 
     def _put(self, record: dict) -> None:
         outbox_for(self.tracking_uri, self.run_id).put(record)
@@ -52,9 +64,39 @@ class RunLogger:
             [key, float(value), now, step]
             for key, value in flatten(metrics).items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value))
+            and (key, step) not in self._recorded
         ]
         if items:
             self._put({"op": "metrics", "metrics": items})
+
+    def skip_recorded_metrics(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
+        """Leave out of later :meth:`log_metrics` calls every (metric, step) the run holds already, so an epoch
+        computed again after a restart is recorded once. Asks the store once, waiting up to ``timeout`` s (not at
+        all while it is known not to answer: then nothing is left out); returns the number of pairs found."""
+        if HEALTH.is_down(self.tracking_uri):
+            return 0
+        found: dict[str, Any] = {}
+
+        def ask() -> None:
+            from mlflow.tracking import MlflowClient
+
+            try:
+                client = MlflowClient(tracking_uri=self.tracking_uri)
+                found["pairs"] = {(m.key, m.step) for key in client.get_run(self.run_id).data.metrics
+                                  for m in client.get_metric_history(self.run_id, key)}
+            except Exception as err:  # the store's answer decides nothing here: log everything
+                found["error"] = err
+
+        asking = threading.Thread(target=ask, name=f"{THREAD_PREFIX}recorded", daemon=True)
+        asking.start()
+        asking.join(timeout)
+        if "pairs" not in found:
+            reason = brief_error(found["error"]) if "error" in found else f"no answer in {timeout:.0f} s"
+            print(f"[nasplat] warning: could not read the metrics MLflow at {shown_uri(self.tracking_uri)} holds for "
+                  f"run {self.run_id} ({reason}); an epoch computed again may be recorded twice", flush=True)
+            return 0
+        self._recorded |= found["pairs"]
+        return len(found["pairs"])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._put({"op": "tags", "tags": {key: str(value) for key, value in tags.items()}})

@@ -115,3 +115,19 @@ def logged_model(tracking_uri: str, run_id: str) -> tuple[str, str]:
         f"run {run_id} ({run.info.run_name}) holds no logged model and has no {schema.MODEL_RUN_TAG} tag; "
         "export takes a retrain run (or its parent run), not a search run"
     )
+
+
+def run_folder_of(tracking_uri: str, run_id: str, kind: str) -> tuple[str, str]:
+    """``(run name, storage)`` of the ``kind`` run (search or retrain) that MLflow run ``run_id`` records: its
+    parent run or one of its trial runs (``--resume RUN_ID``)."""
+    run = get_run(tracking_uri, run_id, f"--resume {run_id}")
+    if run.data.tags.get(schema.KIND_TAG) == schema.TRIAL_KIND.get(kind):
+        run = get_run(tracking_uri, run.data.tags.get(schema.PARENT_TAG, ""), f"--resume {run_id}")
+    found = run.data.tags.get(schema.KIND_TAG)
+    if found != kind:
+        raise ConfigError(f"--resume {run_id}: MLflow run {run_id} is a {found or 'non-nasplat'} run, not a {kind}")
+    name, storage = run.data.tags.get(schema.RUN_NAME_TAG), run.data.params.get("storage")
+    if not name or not storage or "***" in storage:
+        raise ConfigError(f"--resume {run_id}: MLflow run {run_id} does not say where its run folder is; "
+                          "give the folder's path to --resume")
+    return name, storage

@@ -17,6 +17,9 @@ PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DATASETS = ("synthetic", "voc", "cityscapes")
 """Built-in dataset names; ``parquet:DIR`` names prepared shards."""
 
+RESUME_FIELDS = ("resume", "resume_override")
+"""How a run was (re)started, not what it is: left out of the settings a run folder records."""
+
 _Config = TypeVar("_Config", bound="ConfigRecord")
 
 
@@ -128,12 +131,22 @@ class ExperimentConfig(ConfigRecord):
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
                                       "sqlite:///<cwd>/mlflow.db); http://host:port for a server")
     experiment: str = option("nasplat", "MLflow experiment name")
-    name: str | None = option(None, "run name; re-running with the same name resumes that run")
+    name: str | None = option(None, "run name; re-running with the same name (or --resume NAME) resumes that run")
     address: str | None = option(None, "Ray cluster address (default: start a local Ray instance)")
     placement_strategy: str = option("PACK", choices=PLACEMENT_STRATEGIES, help="how a trial's Train workers are placed on the nodes: PACK (few nodes, "
                                      "best effort), SPREAD (across nodes, best effort), STRICT_PACK (one node) or "
                                      "STRICT_SPREAD (one worker per node)")
     max_failures: int = option(1, "worker-group restarts (from the last checkpoint) before a trial fails")
+    resume: str | None = option(None, metavar="RUN", help="continue a stopped run: its name (under --storage), its "
+                                "run folder, or its MLflow parent run id; it runs with its stored settings (other "
+                                "options given are refused unless named by --resume-override)")
+    resume_override: dict = option({}, "a stored setting a resumed run changes, as KEY=VALUE (repeatable), e.g. "
+                                   "max_failures=3")
+
+    def settings(self) -> dict[str, Any]:
+        """The fields that define the run (every field but the ``resume`` ones): what its run folder records and
+        what MLflow gets as params."""
+        return {key: value for key, value in self.to_dict().items() if key not in RESUME_FIELDS}
 
     def validate(self) -> None:
         if not isinstance(self.dataset, str) or (self.dataset not in DATASETS and not self.dataset.startswith("parquet:")):
@@ -146,6 +159,10 @@ class ExperimentConfig(ConfigRecord):
             self.require_numbers("cpus_per_worker", strict=True)
         self.require_numbers("gpus_per_worker")
         self.require_choice("placement_strategy", PLACEMENT_STRATEGIES)
+        if self.resume is not None and (not isinstance(self.resume, str) or not self.resume.strip()):
+            raise ConfigError(f"config field 'resume' must be a run name, run folder or MLflow run id, "
+                              f"got {self.resume!r}")
+        self.require_mapping("resume_override")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -195,3 +195,24 @@ def move_labels() -> dict[tuple[int, int], str]:
     """``(source level, k) -> "s->t"`` (output strides) for every move of the beta layout that can exist."""
     return {(level, k): f"{STRIDES[level]}\u2192{STRIDES[level + k - 1]}"
             for level in range(NUM_LEVELS) for k in range(3) if 0 <= level + k - 1 < NUM_LEVELS}
+
+
+def top_paths(beta: torch.Tensor, k: int, beta_norm: str = DEFAULT_BETA_NORM) -> list[tuple[float, list[int]]]:
+    """The ``k`` most probable paths, ``(log probability, output strides)``, most probable first.
+
+    Viterbi keeping the ``k`` best partial paths into every (layer, level): a path among the ``k`` best overall has,
+    at each node it visits, a prefix among the ``k`` best into that node.
+    """
+    logs = _log_weights(beta, beta_norm)
+    beams: dict[int, list[tuple[float, tuple[int, ...]]]] = {0: [(0.0, ())]}  # the stem, at level 0
+    for layer, layer_logs in enumerate(logs):
+        new: dict[int, list[tuple[float, tuple[int, ...]]]] = {}
+        for target in range(min(layer + 1, NUM_LEVELS - 1) + 1):
+            candidates = [(score + layer_logs[source][target - source + 1], levels + (target,))
+                          for source in (target - 1, target, target + 1) if source in beams
+                          and layer_logs[source][target - source + 1] > -math.inf for score, levels in beams[source]]
+            if candidates:
+                new[target] = sorted(candidates, key=lambda c: -c[0])[:k]
+        beams = new
+    best = sorted((c for found in beams.values() for c in found), key=lambda c: -c[0])[:k]
+    return [(score, [STRIDES[t] for t in levels]) for score, levels in best]

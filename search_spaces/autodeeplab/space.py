@@ -10,12 +10,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from nasplat import Genotype, SearchSpace, cell_edges, decode_cell, register_space
+from nasplat import Genotype, SearchSpace, cell_edges, decode_cell, k_best, register_space, top_cells
 
+from search_spaces.autodeeplab.cost import AutoDeepLabCostModel
 from search_spaces.autodeeplab.genotype import AutoDeepLabGenotype
 from search_spaces.autodeeplab.network import AutoDeepLabNetwork
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
-from search_spaces.autodeeplab.paths import DEFAULT_BETA_NORM, STRIDES, check_beta_norm, sample_path, viterbi_path
+from search_spaces.autodeeplab.paths import (DEFAULT_BETA_NORM, STRIDES, check_beta_norm, sample_path, top_paths,
+                                             viterbi_path)
 from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet
 
 
@@ -84,6 +86,24 @@ class AutoDeepLabSpace(SearchSpace):
             path=sample_path(L, rng),
             beta_norm=check_beta_norm(beta_norm),
         )
+
+    def cost_model(self, image_size: int, F: int = 8, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
+                   beta_norm: str = DEFAULT_BETA_NORM, checkpoint_cells: bool = False,
+                   stem_channels: Sequence[int] = (64, 64, 128)) -> AutoDeepLabCostModel:
+        """The cell's ops at every level, for the retrain network with the supernet's ``F`` (:mod:`.cost`)."""
+        return AutoDeepLabCostModel(image_size, self.ops, F, L, B, {"F": F, "stem_channels": tuple(stem_channels)})
+
+    def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int,
+                      beta_norm: str | None = None) -> list[tuple[float, AutoDeepLabGenotype]]:
+        """Strength: the log of the product of the cell's kept op probabilities (:func:`nasplat.top_cells`) and the
+        path's normalised move weights (:func:`.paths.top_paths`); rank 1 is :meth:`decode`."""
+        self.require_arch(arch, "alpha", "beta")
+        beta_norm = check_beta_norm(beta_norm or DEFAULT_BETA_NORM)
+        blocks = _blocks_from_edges(arch["alpha"].shape[0])
+        choices = [top_cells(arch["alpha"], self.ops, blocks, k), top_paths(arch["beta"], k, beta_norm)]
+        return [(score, AutoDeepLabGenotype(cell=cell, cell_concat=tuple(range(2, 2 + blocks)), path=path,
+                                            beta_norm=beta_norm))
+                for score, (cell, path) in k_best(choices, k)]
 
     def build(self, genotype: Genotype, num_classes: int, **options) -> AutoDeepLabNetwork:
         """Options: ``F=20`` (S/M/L: 20/32/48) and those of :class:`AutoDeepLabNetwork`."""

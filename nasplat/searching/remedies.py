@@ -1,0 +1,123 @@
+"""Remedies for the collapse of differentiable search, for any search space.
+
+They act on the architecture tensors only (each tensor's last dimension = one choice, as ``softmax(alpha, -1)``),
+never on a space's internals, in two places of the bi-level step (:class:`nasplat.BilevelOptimizer`):
+
+- **the weight step**: ``sdarts`` (SDARTS-RS, Chen & Hsieh 2020, arXiv 2002.05283) adds uniform noise
+  ``U(-eps, eps)`` to the architecture while the weights' gradient is taken, then restores it, so the weights are
+  trained for a neighbourhood of the architecture (the paper's random smoothing). ``eps`` rises linearly with the
+  epoch, ``eps_min + (eps_max - eps_min) * epoch / epochs`` (0.03 to 0.3 in the authors' code). The paper perturbs
+  the softmaxed weights inside the DARTS cell; a space here normalises its own tensors, so the noise goes on the
+  tensors themselves (for a row near uniform, logit noise ``eps`` moves each weight by about ``eps`` of itself).
+- **the architecture loss**, a penalty added to the validation loss:
+  ``beta_decay`` (beta-DARTS, Ye et al. 2022, arXiv 2203.01665): the mean over rows of ``logsumexp(alpha_row)``,
+  whose gradient is the row's softmax, weighted by ``beta_weight * epoch / epochs`` (the authors' code:
+  ``50 * epoch / 100``); ``entropy``: the mean entropy of the rows' softmax, weighted by a weight that is 0 until
+  the fraction ``entropy_start`` of the search and then rises linearly to ``entropy_weight`` at its last epoch,
+  which drives each row to a decision as the temperature annealing of SNAS (Xie et al. 2019, arXiv 1812.09926)
+  and the entropy loss of DA2S (Tian et al. 2020, arXiv 2007.03154) do.
+
+Every tensor counts each of its rows (all but the last dimension) once; rows of one choice are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from nasplat.searching.remedy_options import resolve_remedies
+
+
+def _rows(arch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.reshape(-1, t.shape[-1]) for t in arch if t.dim() >= 1 and t.shape[-1] > 1]
+
+
+def beta_decay_loss(arch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over all rows of ``logsumexp(row)`` (the beta-DARTS regulariser, before its weight)."""
+    return torch.cat([torch.logsumexp(rows, dim=-1) for rows in _rows(arch)]).mean()
+
+
+def mean_entropy(arch: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over all rows of the entropy (nats) of ``softmax(row)``; differentiable."""
+    values = [-(torch.softmax(rows, -1) * torch.log_softmax(rows, -1)).sum(-1) for rows in _rows(arch)]
+    return torch.cat(values).mean()
+
+
+def ramp(progress: float, start: float = 0.0) -> float:
+    """0 until ``progress`` reaches ``start``, then linear to 1 at ``progress`` 1."""
+    return max(0.0, (progress - start) / (1.0 - start))
+
+
+class Remedies:
+    """The remedies chosen for one search, with their schedules; ``set_epoch`` before each epoch."""
+
+    def __init__(self, options: Mapping[str, Mapping[str, float]]) -> None:
+        self.options = {name: dict(values) for name, values in options.items()}
+        self.epoch, self.epochs = 0, 1
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """The 0-based epoch about to be trained, of ``epochs``."""
+        self.epoch, self.epochs = epoch, epochs
+
+    @property
+    def progress(self) -> float:
+        return self.epoch / self.epochs
+
+    def schedule(self) -> dict[str, float]:
+        """This epoch's noise bound and penalty weights, by metric name (``remedy_*``)."""
+        values = {}
+        if "sdarts" in self.options:
+            low, high = self.options["sdarts"]["epsilon_min"], self.options["sdarts"]["epsilon_max"]
+            values["remedy_epsilon"] = low + (high - low) * self.progress
+        if "beta_decay" in self.options:
+            values["remedy_beta_weight"] = self.options["beta_decay"]["beta_weight"] * self.progress
+        if "entropy" in self.options:
+            fraction = self.epoch / (self.epochs - 1) if self.epochs > 1 else 1.0  # full weight at the last epoch
+            entropy = self.options["entropy"]
+            values["remedy_entropy_weight"] = entropy["entropy_weight"] * ramp(fraction, entropy["entropy_start"])
+        return values
+
+    def penalty(self, arch: Sequence[torch.Tensor]) -> torch.Tensor | None:
+        """The weighted penalty of this epoch added to the architecture loss (None without one)."""
+        weights = self.schedule()
+        terms = []
+        if weights.get("remedy_beta_weight"):
+            terms.append(weights["remedy_beta_weight"] * beta_decay_loss(arch))
+        if weights.get("remedy_entropy_weight"):
+            terms.append(weights["remedy_entropy_weight"] * mean_entropy(arch))
+        return sum(terms) if terms else None
+
+    def penalty_gradient(self, arch: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The penalty's gradient for each tensor of ``arch`` (None without a penalty this epoch)."""
+        leaves = [t.detach().requires_grad_(True) for t in arch]
+        with torch.enable_grad():
+            penalty = self.penalty(leaves)
+            if penalty is None:
+                return None
+            return list(torch.autograd.grad(penalty, leaves, allow_unused=True, materialize_grads=True))
+
+    @contextlib.contextmanager
+    def perturbed(self, arch: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Inside, ``arch`` holds SDARTS noise ``U(-eps, eps)`` (if chosen); on exit its values are restored exactly."""
+        epsilon = self.schedule().get("remedy_epsilon", 0.0)
+        if epsilon <= 0:
+            yield
+            return
+        saved = [t.detach().clone() for t in arch]
+        with torch.no_grad():
+            for t in arch:
+                noise = torch.rand(t.shape, dtype=t.dtype, device=t.device)
+                t.add_(noise.mul_(2 * epsilon).sub_(epsilon))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, value in zip(arch, saved):
+                    t.copy_(value)
+
+
+def build_remedies(names: Sequence[str], options: Mapping[str, object]) -> Remedies | None:
+    """The :class:`Remedies` of a search config's ``remedy`` and ``remedy_options`` (None for no remedy)."""
+    chosen = resolve_remedies(names, options)
+    return Remedies(chosen) if chosen else None

@@ -1,0 +1,99 @@
+"""The k strongest distinct architectures, for spaces whose strength is a sum over independent choices.
+
+A genotype's strength is the log of the product of the probabilities of its choices (each chosen edge's op under
+the row softmax; in Auto-DeepLab also each move of the path under the normalised beta). The DARTS decode rule and
+Viterbi both maximise it, so rank 1 is the decoded genotype; the next ranks are the next best products.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import torch
+
+from nasplat.spaces.cells import OpChoice, cell_edges
+from nasplat.spaces.genotype import Genotype
+from nasplat.spaces.space import SearchSpace
+
+T = TypeVar("T")
+Scored = tuple[float, T]
+
+
+def k_best(groups: Sequence[Sequence[Scored]], k: int) -> list[tuple[float, tuple]]:
+    """The ``k`` highest totals of picking one entry per group: ``(total score, (item of group 0, ...))``.
+
+    Each group is a list of ``(score, item)`` sorted by score, highest first. Best-first search over index vectors
+    (each popped vector pushes its successors: one index up in one group); ties keep the lower indices first.
+    """
+    if k < 1 or any(not group for group in groups):
+        return []
+    start = (0,) * len(groups)
+
+    def total(index: tuple[int, ...]) -> float:
+        return sum(group[i][0] for group, i in zip(groups, index))
+
+    heap = [(-total(start), start)]
+    seen = {start}
+    found: list[tuple[float, tuple]] = []
+    while heap and len(found) < k:
+        negative, index = heapq.heappop(heap)
+        found.append((-negative, tuple(group[i][1] for group, i in zip(groups, index))))
+        for g in range(len(groups)):
+            if index[g] + 1 < len(groups[g]):
+                successor = index[:g] + (index[g] + 1,) + index[g + 1:]
+                if successor not in seen:
+                    seen.add(successor)
+                    heapq.heappush(heap, (-total(successor), successor))
+    return found
+
+
+def top_cells(alpha: torch.Tensor, ops: Sequence[str], num_nodes: int, k: int, num_inputs: int = 2, keep: int = 2,
+              excluded: Sequence[str] = ("none",)) -> list[tuple[float, list[OpChoice]]]:
+    """The ``k`` strongest distinct cells of ``alpha`` under the DARTS notation of :func:`nasplat.decode_cell`.
+
+    Strength: the sum over the kept edges of the log softmax probability (over all ops, as the decode) of the chosen
+    op. Each node keeps ``keep`` distinct inputs, each with an op not in ``excluded``; within a node the pairs are
+    listed strongest first (ties: lower source), as the decode lists them.
+    """
+    edges = cell_edges(num_nodes, num_inputs)
+    if tuple(alpha.shape) != (len(edges), len(ops)):
+        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(len(edges), len(ops))}")
+    logp = torch.log_softmax(alpha.detach().double().cpu(), dim=-1).tolist()
+    allowed = [o for o, name in enumerate(ops) if name not in excluded]
+    groups: list[list[Scored]] = []
+    row = 0
+    for node in range(num_nodes):
+        fan_in = num_inputs + node
+        candidates = []
+        for sources in itertools.combinations(range(fan_in), keep):
+            for chosen in itertools.product(allowed, repeat=keep):
+                picks = sorted(zip(sources, chosen), key=lambda p: (-logp[row + p[0]][p[1]], p[0]))
+                score = sum(logp[row + s][o] for s, o in picks)
+                candidates.append((score, tuple((ops[o], s) for s, o in picks)))
+        groups.append(sorted(candidates, key=lambda c: -c[0])[:k])
+        row += fan_in
+    return [(score, [pair for node in nodes for pair in node]) for score, nodes in k_best(groups, k)]
+
+
+STRENGTH = ("log of the product of the probabilities of the genotype's choices (each kept edge's op under the row "
+            "softmax; Auto-DeepLab adds the path's normalised move weights); the decode maximises it")
+"""What the ``strength`` of a ranked genotype means, written into the top-k record."""
+
+
+def top_k_record(space: SearchSpace, arch: Mapping[str, torch.Tensor], decode_options: Mapping[str, Any], k: int,
+                 chosen: Genotype, cost_of: Callable[[Genotype], float] | None = None) -> dict[str, Any]:
+    """The JSON record of a trial's ``k`` strongest distinct genotypes: ``chosen`` (the trial's result) first,
+    then :meth:`SearchSpace.top_genotypes` in order, without repeats; with ``cost_of``, each one's cost."""
+    ranked = space.top_genotypes(arch, k + 1, **decode_options)
+    strengths = {genotype: strength for strength, genotype in ranked}
+    ordered = [chosen] + [genotype for _, genotype in ranked if genotype != chosen]
+    entries = []
+    for rank, genotype in enumerate(ordered[:k], start=1):
+        entry = {"rank": rank, "strength": strengths.get(genotype, math.nan), "genotype_hash": genotype.short_hash(),
+                 "genotype": genotype.to_dict()}
+        if cost_of is not None:
+            entry["cost"] = cost_of(genotype)
+        entries.append(entry)
+    return {"space": space.name, "strength": STRENGTH, "genotypes": entries}
