@@ -14,7 +14,8 @@ from nasplat.training.config import ConfigError, ExperimentConfig
 from pipelines.config_args import CommandParser, DeprecatedAlias
 
 COMMAND_MODULES: tuple[str, ...] = ("pipelines.search", "pipelines.sample", "pipelines.export", "pipelines.submit",
-                                    "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines")
+                                    "pipelines.jobs", "pipelines.retrain", "pipelines.evaluate", "pipelines.baselines",
+                                    "pipelines.profile_ops")
 """Modules that add a subcommand: each has ``add_parser(subparsers)``, which sets ``handler`` (args -> exit status)
 with ``set_defaults``. Keep their top-level imports light: every ``nasplat`` call imports them."""
 

@@ -18,6 +18,7 @@ from nasplat.runtime.ray_data import RESERVED_CPUS, search_datasets, uses_ray_da
 from nasplat.runtime.search_worker import search_worker
 from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.searching.config import SearchConfig
+from nasplat.searching.cost_search import check_cost
 from nasplat.searching.loop import early_stop_config
 from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
 from nasplat.tracking import schema
@@ -38,7 +39,7 @@ class SearchProgress(TrialProgress):
 
     columns = (("train_loss", "train_loss {:.4f}"), ("val_loss", "val_loss {:.4f}"), ("val_miou", "val_mIoU {:.4f}"),
                ("arch_entropy", "arch_entropy {:.4f}"), ("epoch_time_s", "{:.1f}s"), ("genotype_hash", "genotype {}"),
-               ("hessian_eigenvalue", "hessian_eig {:.4g}"))
+               ("hessian_eigenvalue", "hessian_eig {:.4g}"), ("expected_cost", "E[cost] {:.4g}"))
 
     def extra_lines(self, trial_id: str, result: dict[str, Any]) -> list[str]:
         if "early_stop_chosen_epoch" not in result:
@@ -59,6 +60,7 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config field 'space_options': {err}") from None
     preflight.check_crop(config.image_size, minimum, f"search space {name!r} with these options")
+    config = check_cost(config, space)
     early_stop_config(config)
     preflight.check_dataset(config, lambda data: len(data.train_a))
     if uses_ray_data(config):

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nasplat.searching.config import SearchConfig
+from nasplat.searching.cost_search import network_costs
+from nasplat.searching.topk import top_k_record
 from nasplat.training.collectives import max_abs_difference
 from nasplat.spaces.genotype import Genotype
 from nasplat.spaces.registry import genotype_from_dict
@@ -68,6 +70,7 @@ def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:
             epoch=epoch, arch_entropy=search.arch_entropy(), arch_max_worker_diff=arch_spread,
             genotype=result.to_json(indent=None), genotype_hash=genotype.short_hash(),
         )
+        metrics.update(search.cost_metrics(genotype))
         if eigenvalue is not None:
             metrics["hessian_eigenvalue"] = eigenvalue
         if smoothed is not None:
@@ -86,6 +89,8 @@ def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:
             folders = picture_folders(epoch, config.picture_interval, final)
             if folders:
                 _log_pictures(logger, search, result, folders, epoch, step)
+            if final:
+                _record_final(logger, search, result, step)
 
         search.capture_rng()  # every rank: its generators go into rank 0's checkpoint
         report_epoch(context, metrics, write)
@@ -101,6 +106,19 @@ def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: d
     if previous is not None and previous != metrics["genotype_hash"]:
         logger.set_tags({f"{schema.GENOTYPE_CHANGED_TAG}.epoch_{epoch:03d}": metrics["genotype_hash"]})
     logger.set_tags({schema.GENOTYPE_HASH_TAG: metrics["genotype_hash"], schema.LAST_EPOCH_TAG: epoch})
+
+
+def _record_final(logger: RunLogger, search: SupernetSearch, genotype: Genotype, step: int) -> None:
+    """The trial's ``top_k`` strongest distinct genotypes (rank 1 = ``genotype``) and, with ``--cost``, the built
+    network of ``genotype`` measured on this worker's device (``genotype_latency_ms``, ``genotype_gflops``,
+    ``genotype_params``)."""
+    cost = search.cost
+    record = top_k_record(search.space, search.model.arch_parameters(), search.model.decode_options(),
+                          search.config.top_k, genotype, cost.genotype_cost if cost is not None else None)
+    logger.log_json(record, schema.TOP_K_ARTIFACT)
+    if cost is not None:
+        logger.log_metrics(network_costs(search.space, genotype, cost.model, search.data.num_classes,
+                                         search.config.image_size, search.device), step=step)
 
 
 def picture_folders(epoch: int, interval: int, final: bool) -> list[str]:

@@ -79,11 +79,15 @@ class CostObjective:
             return self.weight * expected / self.reference
         return self.weight * torch.relu(expected / self.target - 1.0)
 
+    def genotype_cost(self, genotype: Genotype) -> float:
+        """The cost of ``genotype``'s searched ops under this search's table."""
+        return self.model.genotype_cost(genotype, self.costs)
+
     def metrics(self, arch: Mapping[str, torch.Tensor], genotype: Genotype) -> dict[str, float]:
         """An epoch's ``expected_cost``, ``cost_penalty`` and ``genotype_cost`` (the decoded genotype's ops)."""
         with torch.no_grad():
             return {"expected_cost": float(self.expected(arch)), "cost_penalty": float(self.penalty(arch)),
-                    "genotype_cost": self.model.genotype_cost(genotype, self.costs)}
+                    "genotype_cost": self.genotype_cost(genotype)}
 
 
 def network_costs(space: SearchSpace, genotype: Genotype, model: CostModel, num_classes: int, image_size: int,
