@@ -1,0 +1,214 @@
+"""Collapse remedies (nasplat.searching.remedies): penalties against analytic gradients, the schedules written
+out, SDARTS noise seen by the weight step only, every registered space, and bad options refused by name."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import nasplat
+from nasplat import BilevelOptimizer
+from nasplat.searching.remedies import Remedies, beta_decay_loss, build_remedies, mean_entropy
+from nasplat.searching.remedy_options import REMEDY_OPTIONS
+from nasplat.spaces.registry import available_spaces, get_space
+from nasplat.training.config import ConfigError
+from pipelines import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _arch() -> list[torch.Tensor]:
+    """Two tensors of different shapes and row lengths (5 rows in all), as a space might have."""
+    return [torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 1, 3, dtype=torch.float64)]
+
+
+def _rows(arch: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [row for t in arch for row in t.reshape(-1, t.shape[-1])]
+
+
+def _remedies(epoch: int, epochs: int, **chosen: dict) -> Remedies:
+    remedies = Remedies({name: {**REMEDY_OPTIONS[name], **values} for name, values in chosen.items()})
+    remedies.set_epoch(epoch, epochs)
+    return remedies
+
+
+def test_beta_decay_is_the_mean_log_sum_exp_and_its_gradient_the_softmax():
+    arch = _arch()
+    rows = _rows(arch)
+    assert beta_decay_loss(arch).item() == pytest.approx(sum(math.log(row.exp().sum()) for row in rows) / 5)
+    remedies = _remedies(3, 10, beta_decay={"beta_weight": 20.0})  # weight 20 * 3/10 = 6
+    grads = remedies.penalty_gradient(arch)
+    for tensor, grad in zip(arch, grads):
+        expected = 6.0 * torch.softmax(tensor, dim=-1) / 5  # d/d alpha_k of logsumexp(row) = softmax_k
+        torch.testing.assert_close(grad, expected)
+    assert all(not t.requires_grad for t in arch)  # the caller's tensors are left alone
+
+
+def test_entropy_penalty_gradient_is_analytic():
+    arch = _arch()
+    remedies = _remedies(4, 5, entropy={"entropy_weight": 2.0})  # last epoch: the full weight
+    for tensor, grad in zip(arch, remedies.penalty_gradient(arch)):
+        p = torch.softmax(tensor, dim=-1)
+        entropy = -(p * p.log()).sum(-1, keepdim=True)
+        torch.testing.assert_close(grad, 2.0 * -p * (p.log() + entropy) / 5)
+    uniform = [torch.zeros(2, 8)]
+    assert mean_entropy(uniform).item() == pytest.approx(math.log(8))
+
+
+def test_schedules_written_out():
+    remedies = Remedies({"sdarts": {"epsilon_min": 0.03, "epsilon_max": 0.3}, "beta_decay": {"beta_weight": 50.0},
+                         "entropy": {"entropy_weight": 1.0, "entropy_start": 0.5}})
+    seen = []
+    for epoch in range(4):
+        remedies.set_epoch(epoch, 4)
+        seen.append(remedies.schedule())
+    # SDARTS: 0.03 + (0.3 - 0.03) * epoch / epochs; beta-DARTS: 50 * epoch / epochs (both from 0, as the authors')
+    assert [s["remedy_epsilon"] for s in seen] == pytest.approx([0.03, 0.0975, 0.165, 0.2325])
+    assert [s["remedy_beta_weight"] for s in seen] == pytest.approx([0.0, 12.5, 25.0, 37.5])
+    # entropy: 0 up to half the search (epoch / (epochs - 1) = 0, 1/3), then linear to 1 at the last epoch
+    assert [s["remedy_entropy_weight"] for s in seen] == pytest.approx([0.0, 0.0, 1 / 3, 1.0])
+    remedies.set_epoch(0, 4)
+    assert remedies.penalty(_arch()) is None and remedies.penalty_gradient(_arch()) is None  # both weights are 0
+
+
+class _Recording(nasplat.Supernet):
+    """Stem, two mixed edges, head; records the arch tensor each forward pass sees."""
+
+    OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
+
+    def __init__(self, C: int = 4, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 3, padding=1)
+        self.edges = nn.ModuleList(nasplat.MixedOp(C, 1, self.OPS) for _ in range(2))
+        self.head = nn.Conv2d(C, num_classes, 1)
+        self.add_arch_parameter("alpha", 0.1 * torch.randn(2, len(self.OPS)))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.arch["alpha"].detach().clone())
+        x = self.stem(x)
+        for edge, w in zip(self.edges, torch.softmax(self.arch["alpha"], dim=-1)):
+            x = edge(x, w)
+        return self.head(x)
+
+
+def _optimizer(model: nasplat.Supernet, remedies: Remedies | None, arch_sgd: bool = False) -> BilevelOptimizer:
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    arch = list(model.arch_parameters().values())
+    a_opt = torch.optim.SGD(arch, lr=0.5) if arch_sgd else torch.optim.Adam(arch, lr=3e-2)
+    return BilevelOptimizer(model, w_opt, a_opt, nn.CrossEntropyLoss(), order=1, grad_clip=None, remedies=remedies)
+
+
+def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 8, 8, generator=generator), torch.randint(0, 3, (4, 8, 8), generator=generator)
+
+
+def test_sdarts_noise_is_bounded_seen_by_the_weight_step_and_removed_after():
+    model = _Recording()
+    reference = copy.deepcopy(model)
+    remedies = _remedies(1, 2, sdarts={"epsilon_min": 0.1, "epsilon_max": 0.5})  # eps = 0.1 + 0.4 / 2 = 0.3
+    before = model.arch["alpha"].detach().clone()
+    _optimizer(model, remedies).weight_step(_batch(0))
+    assert torch.equal(model.arch["alpha"], before)  # restored exactly
+    (seen,) = model.seen
+    noise = seen - before
+    assert noise.abs().max() <= 0.3 and noise.abs().max() > 0.1 and noise.min() < 0 < noise.max()
+    # the weights were trained at the perturbed architecture: a plain step there gives the same weights
+    with torch.no_grad():
+        reference.arch["alpha"].copy_(seen)
+    _optimizer(reference, None).weight_step(_batch(0))
+    for got, want in zip(model.weight_parameters(), reference.weight_parameters()):
+        torch.testing.assert_close(got, want)
+
+
+def test_sdarts_leaves_the_arch_step_alone():
+    noisy = _Recording()
+    plain = copy.deepcopy(noisy)
+    remedies = _remedies(1, 2, sdarts={"epsilon_max": 0.5})
+    _optimizer(noisy, remedies).arch_step(_batch(0), _batch(1))
+    _optimizer(plain, None).arch_step(_batch(0), _batch(1))
+    assert torch.equal(noisy.seen[0], plain.seen[0])  # the arch step's forward saw the unperturbed alpha
+    assert torch.equal(noisy.arch["alpha"], plain.arch["alpha"])
+
+
+def test_arch_step_adds_the_penalty_gradient():
+    model = _Recording()
+    remedies = _remedies(2, 4, beta_decay={}, entropy={})
+    bilevel = _optimizer(model, remedies, arch_sgd=True)
+    alpha = model.arch["alpha"].detach().clone()
+    (val_grad,), _ = bilevel.architecture_gradient(_batch(0), _batch(1))
+    (penalty_grad,) = remedies.penalty_gradient([alpha])
+    bilevel.arch_step(_batch(0), _batch(1))
+    torch.testing.assert_close(model.arch["alpha"].detach(), alpha - 0.5 * (val_grad + penalty_grad))
+    assert penalty_grad.abs().max() > 0.1 * val_grad.abs().max()  # the comparison can tell them apart
+
+
+SPACES = [*available_spaces(), f"{ROOT / 'examples' / 'custom_space.py'}:chain"]
+SMALL = {"autodeeplab": {"L": 2, "B": 2, "F": 2}}
+"""Options that make a supernet quick to build (the others are built at their defaults)."""
+
+
+@pytest.mark.parametrize("spec", SPACES)
+def test_remedies_work_on_any_space(spec):
+    """They see only the arch tensors: every space's supernet, whatever its tensors' shapes."""
+    arch = list(get_space(spec).supernet(num_classes=3, **SMALL.get(spec, {})).arch_parameters().values())
+    before = [t.detach().clone() for t in arch]
+    remedies = build_remedies(["sdarts", "beta_decay", "entropy"], {})
+    remedies.set_epoch(5, 10)
+    grads = remedies.penalty_gradient(arch)
+    assert [g.shape for g in grads] == [t.shape for t in arch]
+    assert all(torch.isfinite(g).all() and g.abs().max() > 0 for g in grads)
+    with remedies.perturbed(arch):
+        moved = [(t.detach() - b).abs().max().item() for t, b in zip(arch, before)]
+    assert all(0 < m <= remedies.schedule()["remedy_epsilon"] for m in moved)
+    assert all(torch.equal(t, b) for t, b in zip(arch, before))
+
+
+def test_a_search_step_with_every_remedy_on_a_user_space():
+    model = get_space(f"{ROOT / 'examples' / 'custom_space.py'}:chain").supernet(num_classes=3, C=4, depth=2)
+    remedies = build_remedies(["sdarts", "beta_decay", "entropy"], {"entropy_start": 0.0})
+    remedies.set_epoch(3, 4)
+    before = model.arch["alpha"].detach().clone()
+    stats = _optimizer(model, remedies).step(_batch(0), _batch(1))
+    assert math.isfinite(stats["train_loss"]) and math.isfinite(stats["arch_loss"])
+    assert not torch.equal(model.arch["alpha"], before)
+
+
+BAD = {
+    # argv after `search`: the words the error must hold
+    ("--remedy", "smooth"): ["invalid choice", "'smooth'"],
+    ("--remedy", "none", "sdarts"): ["'remedy'", "'none' alone"],
+    ("--remedy", "entropy", "entropy"): ["'remedy'", "each remedy once"],
+    ("--remedy", "entropy", "--remedy-option", "beta_weight=3"): ["'beta_weight'", "'beta_decay', which is not chosen"],
+    ("--remedy", "none", "--remedy-option", "entropy_weight=1"): ["'entropy_weight'", "no remedy is chosen"],
+    ("--remedy", "sdarts", "--remedy-option", "epsilon=0.1"): ["'epsilon' is unknown", "epsilon_min"],
+    ("--remedy", "entropy", "--remedy-option", "entropy_start=1.5"): ["entropy_start", "[0, 1)", "1.5"],
+    ("--remedy", "beta_decay", "--remedy-option", "beta_weight=-2"): ["beta_weight", ">= 0", "-2"],
+    ("--remedy", "sdarts", "--remedy-option", "epsilon_min=0.5"): ["epsilon_min (0.5)", "epsilon_max (0.3)"],
+}
+
+
+@pytest.mark.parametrize("argv", sorted(BAD), ids=" ".join)
+def test_bad_remedy_flags_are_refused_by_name(argv, capsys):
+    try:
+        status = cli.main(["search", *argv, "--print-config"])
+    except SystemExit as exit_:  # argparse refuses a choice itself
+        status = exit_.code
+    captured = capsys.readouterr()
+    assert status == 2 and not captured.out, captured
+    assert all(word in captured.err for word in BAD[argv]), captured.err
+
+
+def test_remedy_flags_reach_the_config(capsys):
+    assert cli.main(["search", "--remedy", "sdarts", "entropy", "--remedy-option", "entropy_start=0.25",
+                     "--remedy-option", "epsilon_max=0.2", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "remedy:\n- sdarts\n- entropy\n" in printed, printed
+    assert "entropy_start: 0.25" in printed and "epsilon_max: 0.2" in printed, printed
+    with pytest.raises(ConfigError, match="'remedy' must be a list"):
+        build_remedies("entropy", {})
