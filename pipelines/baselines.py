@@ -31,7 +31,7 @@ MODELS: dict[str, dict[str, Any]] = {
 """Row name -> the retrain config fields that pick the model (``searched``: a search run's genotype)."""
 PRETRAINABLE = ("duc_hdc", "deeplabv3plus_resnet101", "deeplabv3plus_mobilenet_v2")
 """The rows on a torchvision backbone, which ``--pretrained imagenet`` starts from ImageNet weights."""
-OWN_FIELDS = ("genotype", "from_run", "baseline", "model_options", "name", "register_model", "model_alias")
+OWN_FIELDS = ("genotype", "from_run", "rank", "baseline", "model_options", "name", "register_model", "model_alias")
 """RetrainConfig fields this command sets per model instead of taking them as flags."""
 BASELINE_FLAGS = dataclasses.replace(RETRAIN_FLAGS, defaults={"experiment": DEFAULT_EXPERIMENT})
 """Retrain's flags, but the rows of one comparison go to their own experiment unless --experiment or --config says."""
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     models = _models(args.models)
     config = BASELINE_FLAGS.config_from_args(args)
     # the model fields are set per row; a --config file's model choice does not apply here
-    config = config.replace(genotype=None, from_run=None, baseline=None, model_options={}, register_model=None)
+    config = config.replace(genotype=None, from_run=None, rank=1, baseline=None, model_options={}, register_model=None)
     prefix = args.prefix or f"baselines-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = run_baselines(config, models, args.search_run, prefix,
                          tuple(args.latency_size) if args.latency_size else None, args.pretrained)

@@ -15,7 +15,7 @@ RETRAIN_FLAGS = FlagSpec(
     mapping_flags={"model_options": "--model-option"},
     list_flags={"eval_scales": (float, "+"), "lr_range": (float, 2), "weight_decay_range": (float, 2),
                 "batch_sizes": (int, "+")},
-    metavars={"from_run": "RUN_ID", "genotype": "FILE", "data_root": "DIR", "eval_scales": "SCALE", "lr_range": ("LOW", "HIGH"),
+    metavars={"from_run": "RUN_ID", "rank": "N", "genotype": "FILE", "data_root": "DIR", "eval_scales": "SCALE", "lr_range": ("LOW", "HIGH"),
               "weight_decay_range": ("LOW", "HIGH"), "batch_sizes": "N"},
 )
 

@@ -29,6 +29,8 @@ class RetrainConfig(ExperimentConfig):
 
     genotype: str | None = option(None, "genotype JSON file to retrain (e.g. nasplat_runs/<search>/genotype.json)")
     from_run: str | None = option(None, "MLflow run id of a search (parent run: its best genotype) or of a search trial")
+    rank: int = option(1, "which of the search trial's strongest genotypes to retrain (its top_k_genotypes.json, "
+                       "--top-k of the search): 1 = the decoded genotype; with --from-run or the latest search")
     baseline: str | None = option(None, "registered baseline model to train instead: duc_hdc, deeplabv3plus, icnet, ...")
     model_options: dict = option({}, "network options as KEY=VALUE, repeatable (darts genotype: C, layers, "
                                  "reductions, head_channels, drop_path; deeplabv3plus: backbone=resnet101|"
@@ -61,6 +63,11 @@ class RetrainConfig(ExperimentConfig):
                 f"config fields {', '.join(repr(n) for n in given)}: give exactly one model source "
                 "(genotype file, from_run or baseline), not several"
             )
+        self.require_counts("rank")
+        if self.rank != 1 and (self.genotype or self.baseline):
+            raise ConfigError(f"config field 'rank' (--rank {self.rank}) picks among a search run's top-k genotypes: "
+                              "give --from-run RUN_ID (or no source: the latest search), not a genotype file or "
+                              "a baseline")
         self.require_mapping("model_options")
         alias = self.model_alias
         if not isinstance(alias, str) or (alias and (not ALIAS_PATTERN.fullmatch(alias) or alias.lower() == "latest"

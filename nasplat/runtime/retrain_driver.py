@@ -93,7 +93,7 @@ def resolve_source(config: RetrainConfig) -> ModelSource:
             )
         if not config.from_run:
             log(f"no model source given: using the latest finished search, run {run_id}")
-        genotype, lineage = genotype_from_run(config.tracking_uri, run_id)
+        genotype, lineage = genotype_from_run(config.tracking_uri, run_id, config.rank)
     parsed = genotype_from_dict(genotype)
     preflight.check_options("model_options", registered_space(parsed.space).build, options,
                             f"a {parsed.space} genotype's network")

@@ -1,6 +1,7 @@
 """Questions the reading commands ask of a store: the latest search, a search's genotype, a retrain's model run."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.entities import Run
 
 from nasplat.spaces.genotype import GenotypeError
-from nasplat.spaces.registry import load_genotype
+from nasplat.spaces.registry import genotype_from_dict, load_genotype
 from nasplat.tracking import schema
 from nasplat.tracking.runs import reading_client
 from nasplat.training.config import ConfigError
@@ -46,8 +47,9 @@ def genotype_file_dict(path: str | Path) -> dict:
         raise ConfigError(str(err)) from None
 
 
-def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, str]]:
-    """The genotype a search run holds, and lineage tags: a search parent run or one of its trial runs."""
+def genotype_from_run(tracking_uri: str, run_id: str, rank: int = 1) -> tuple[dict, dict[str, str]]:
+    """The genotype a search run holds, and lineage tags: a search parent run or one of its trial runs. ``rank`` > 1:
+    the trial's ``rank``-th strongest genotype (its top-k record; of a parent run, its best trial's)."""
     tags = get_run(tracking_uri, run_id, "config field 'from_run'").data.tags
     kind = tags.get(schema.KIND_TAG)
     if kind == schema.SEARCH:
@@ -57,6 +59,10 @@ def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, s
     else:
         raise ConfigError(f"config field 'from_run': run {run_id} is a {kind or 'non-nasplat'} run, "
                           "not a search (parent) run or a search trial run")
+    if rank != 1:
+        genotype = _ranked_genotype(tracking_uri, lineage[schema.TRIAL_RUN_TAG], rank, run_id)
+        lineage[schema.SOURCE_RANK_TAG] = str(rank)
+        return genotype, {k: v for k, v in lineage.items() if v}
     with tempfile.TemporaryDirectory(prefix="nasplat-genotype-") as tmp:
         try:
             path = reading_client(tracking_uri).download_artifacts(run_id, schema.GENOTYPE_ARTIFACT, tmp)
@@ -65,6 +71,32 @@ def genotype_from_run(tracking_uri: str, run_id: str) -> tuple[dict, dict[str, s
                               "(an unfinished search?)") from None
         genotype = genotype_file_dict(path)
     return genotype, {k: v for k, v in lineage.items() if v}
+
+
+def _ranked_genotype(tracking_uri: str, trial_run: str, rank: int, asked: str) -> dict:
+    """Entry ``rank`` of the top-k record of search trial run ``trial_run``; errors name ``--rank``."""
+    field = f"config field 'rank' (--rank {rank})"
+    if not trial_run:
+        raise ConfigError(f"{field}: search run {asked} names no best trial run ({schema.BEST_TRIAL_RUN_TAG}); "
+                          "give a search trial run to --from-run")
+    with tempfile.TemporaryDirectory(prefix="nasplat-topk-") as tmp:
+        try:
+            path = reading_client(tracking_uri).download_artifacts(trial_run, schema.TOP_K_ARTIFACT, tmp)
+            entries = json.loads(Path(path).read_text())["genotypes"]
+        except (MlflowException, OSError):
+            raise ConfigError(f"{field}: search trial run {trial_run} has no {schema.TOP_K_ARTIFACT} artifact (an "
+                              "unfinished search, or one made before top-k); only --rank 1 is available") from None
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{field}: {schema.TOP_K_ARTIFACT} of run {trial_run} is not a top-k record") from None
+    if rank > len(entries):
+        raise ConfigError(f"{field}: search trial run {trial_run} logged {len(entries)} genotype(s) in "
+                          f"{schema.TOP_K_ARTIFACT}; choose --rank 1..{len(entries)} (search with --top-k {rank} "
+                          "or more for more)")
+    entry = entries[rank - 1]
+    try:
+        return genotype_from_dict(entry["genotype"]).to_dict()
+    except (GenotypeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{field}: entry {rank} of {schema.TOP_K_ARTIFACT} in run {trial_run}: {err}") from None
 
 
 def model_run(tracking_uri: str, run_id: str, field: str = "--run") -> Run:
