@@ -86,6 +86,12 @@ def test_retrain_searched_genotype_with_optuna_trials(tmp_path):
     assert best.data.tags[PARENT_TAG] == parent.info.run_id
     version = client.get_model_version("tiny-darts", "1")
     assert version.run_id == best_run_id and parent.data.tags["nasplat.registered_model"] == "tiny-darts/1"
+    assert str(client.get_model_version_by_alias("tiny-darts", "candidate").version) == "1"
+    model_id = parent.data.tags["nasplat.model_uri"].removeprefix("models:/")
+    linked = {m.key: m for m in client.get_logged_model(model_id).metrics}
+    assert {"val_miou", "latency_ms", "gflops", "params"} <= set(linked)
+    assert linked["val_miou"].value == pytest.approx(parent.data.metrics["val_miou"])
+    assert parent.data.metrics["val_miou"] in {m.value for m in client.get_metric_history(best_run_id, "val_miou")}
     model_dir = Path(client.download_artifacts(best_run_id, "genotype.json", str(tmp_path / "dl")))
     assert json.loads(model_dir.read_text()) == DARTS_V2.to_dict()
     import mlflow.pytorch

@@ -19,7 +19,7 @@ from nasplat.models import available_models, model_factory
 from nasplat.models.pretrained import PretrainedWeightsUnavailable, resolve_initial_weights
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE
-from nasplat.retraining.summary import checkpoint_summary, latency_input
+from nasplat.retraining.summary import COST_KEYS, checkpoint_summary, latency_input
 from nasplat.runtime import preflight
 from nasplat.runtime.driver import Experiment, log, resolve_paths, run_experiment, start_trial
 from nasplat.runtime.progress import TrialProgress
@@ -143,9 +143,13 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Experim
         summary, size = checkpoint_summary(downloaded)  # quality at the best epoch, cost at the training crop
         model_uri, _, version = log_best_model(config.tracking_uri, downloaded, best_run_id, config.image_size,
                                                source.source.get("genotype"), config.register_model,
-                                               config.model_alias, summary, best_epoch)
+                                               config.model_alias, summary, best_epoch,
+                                               metrics_run_id=run.parent_run_id)
+    # the best trial's history holds its quality per epoch already: it gets the cost, the parent gets everything
+    RunLogger(config.tracking_uri, best_run_id).log_metrics(
+        {key: summary[key] for key in COST_KEYS if key in summary}, step=best_epoch)
     parent = RunLogger(config.tracking_uri, run.parent_run_id)
-    parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"], **summary}, step=best_epoch)
+    parent.log_metrics({"best_val_miou": best.metrics["best_val_miou"]}, step=best_epoch)
     tags = {schema.MODEL_RUN_TAG: best_run_id, schema.BEST_TRIAL_RUN_TAG: best_run_id, schema.MODEL_URI_TAG: model_uri,
             schema.LATENCY_INPUT_TAG: latency_input(size)}
     if version is not None:

@@ -27,11 +27,12 @@ class LoggedModel(NamedTuple):
 
 def log_best_model(tracking_uri: str, checkpoint: Path, run_id: str, image_size: int, genotype: dict | None = None,
                    register_as: str | None = None, alias: str | None = None,
-                   metrics: Mapping[str, float] | None = None, step: int = 0) -> LoggedModel:
+                   metrics: Mapping[str, float] | None = None, step: int = 0,
+                   metrics_run_id: str | None = None) -> LoggedModel:
     """``mlflow.pytorch.log_model`` of the checkpoint's network in ``run_id`` (input example and signature at
     the training crop, the genotype inside the model folder, the model spec as the logged model's params),
-    ``metrics`` logged to the run at ``step`` and linked to the logged model, and, with ``register_as``, the
-    new version registered and given ``alias``."""
+    ``metrics`` logged at ``step`` to ``metrics_run_id`` (default ``run_id``) and linked to the logged model, and,
+    with ``register_as``, the new version registered and given ``alias``."""
     model, payload = load_model_checkpoint(checkpoint)  # batch 2 below: keeps the exported batch dimension dynamic
     spec = ModelSpec.from_dict(payload["spec"])
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
@@ -54,7 +55,7 @@ def log_best_model(tracking_uri: str, checkpoint: Path, run_id: str, image_size:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
             if metrics:
-                mlflow.log_metrics(dict(metrics), step=step, model_id=info.model_id)
+                mlflow.log_metrics(dict(metrics), step=step, run_id=metrics_run_id or run_id, model_id=info.model_id)
     version = getattr(info, "registered_model_version", None)
     if version is not None and alias:
         client(tracking_uri).set_registered_model_alias(register_as, alias, str(version))
