@@ -91,6 +91,7 @@ def _sort_column(text: str) -> str:
 
 def _add_compare_parser(subparsers) -> None:
     from pipelines.compare import COLUMNS, DEFAULT_EXPERIMENT, FORMATS, run_compare
+    from pipelines.pareto import COSTS, DEFAULT_EXPERIMENTS, run_plot
 
     parser = subparsers.add_parser(
         "compare", help="table of the searches and retrains recorded in an MLflow experiment",
@@ -99,7 +100,8 @@ def _add_compare_parser(subparsers) -> None:
         "network), epochs, CPU- or GPU-hours (child runs' wall time x workers x CPUs or GPUs per worker), "
         "genotype hash, start time. Retrains are in the experiment nasplat-retrain.",
     )
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument("--experiment", action="append", metavar="NAME", help="MLflow experiment name, repeatable "
+                        f"(default: {DEFAULT_EXPERIMENT}; with --plot: {', '.join(DEFAULT_EXPERIMENTS)}, those that exist)")
     parser.add_argument("--tracking-uri", help=ExperimentConfig.help_texts()["tracking_uri"])
     columns = [key for key, _ in COLUMNS]
     parser.add_argument("--sort", default="best_miou", type=_sort_column, choices=columns, metavar="COLUMN",
@@ -108,7 +110,14 @@ def _add_compare_parser(subparsers) -> None:
     parser.add_argument("--ascending", action="store_true", help="sort ascending")
     parser.add_argument("--limit", type=int, metavar="N", help="show the first N rows only")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
-    parser.set_defaults(handler=run_compare)
+    parser.add_argument("--plot", metavar="FILE", help="instead of the table, draw validation mIoU against --cost for "
+                        "every retrained model, baseline and evaluation in the experiments, with the Pareto front, "
+                        "into FILE (PNG) and log it to MLflow (docs/cost_aware_search.md)")
+    parser.add_argument("--cost", choices=tuple(COSTS), default="latency", help="the cost axis of --plot: latency_ms, "
+                        "gflops or params of each run")
+    parser.add_argument("--no-log-plot", dest="log_plot", action="store_false", help="with --plot: write FILE only, "
+                        "log nothing to MLflow")
+    parser.set_defaults(handler=lambda args: (run_plot if args.plot else run_compare)(args))
 
 
 def _add_ui_parser(subparsers) -> None:

@@ -313,13 +313,17 @@ def format_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    """The table of ``--experiment`` (repeatable; default nasplat-search); the exit status."""
+    experiments = args.experiment or [DEFAULT_EXPERIMENT]
     try:
-        rows = search_rows(args.tracking_uri, args.experiment, args.sort, args.ascending, args.limit)
+        rows = [row for name in experiments for row in search_rows(args.tracking_uri, name, args.sort, args.ascending,
+                                                                     args.limit)]
+        rows = sort_rows(rows, args.sort, args.ascending)[:args.limit]
     except CompareError as err:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2
     if not rows:
-        message = f"no search runs in experiment {args.experiment!r}"
+        message = f"no search runs in experiment {', '.join(repr(name) for name in experiments)}"
         if args.format == "table":
             print(message)
             return 0
