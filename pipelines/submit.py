@@ -2,10 +2,10 @@
 
 The job's entrypoint is ``nasplat <command> ...``. Its runtime environment carries the project (the
 working directory, zipped and uploaded by Ray, minus virtual environments, tracking stores, run
-folders and .git) and/or pip packages, plus the MLflow tracking URI, which is passed to the command
-as ``--tracking-uri`` so the job records into the store the user reads. The search (and retrain)
-parent run gets the job's submission id as the tag ``nasplat.ray_job_id`` (see
-``nasplat.tracking.runs.ray_job_tags``).
+folders, .git and files that look like secrets: see :mod:`pipelines.upload`) and/or pip packages,
+plus the MLflow tracking URI, which is passed to the command as ``--tracking-uri`` so the job records
+into the store the user reads. The search (and retrain) parent run gets the job's submission id as
+the tag ``nasplat.ray_job_id`` (see ``nasplat.tracking.runs.ray_job_tags``).
 """
 from __future__ import annotations
 
@@ -19,12 +19,7 @@ from typing import Any
 
 from nasplat.training.config import ConfigError
 from pipelines.jobs import EXIT_STATUS, add_connection_args, call, connect, default_address, follow_logs, is_loopback, wait_for_end
-
-WORKING_DIR_EXCLUDES: tuple[str, ...] = (
-    ".venv*", "venv", "mlruns", "mlartifacts", "nasplat_runs", "*.db", ".git", "__pycache__", "*.egg-info",
-    ".pytest_cache", ".nasplat-local",
-)
-"""Left out of the uploaded working directory (gitignore syntax; Ray also honours .gitignore files)."""
+from pipelines.upload import WORKING_DIR_EXCLUDES, describe_left_out, select_upload
 
 LOCAL_STORES = ("sqlite:", "file:")
 
@@ -122,20 +117,27 @@ def job_command(command: Sequence[str], tracking_uri: str | None, address: str) 
     return ["nasplat", *command]
 
 
-def runtime_env(working_dir: str | None, pip: Sequence[str], env: dict[str, str]) -> dict[str, Any]:
-    """The job's runtime environment: the project folder and/or pip packages, and environment variables."""
+def runtime_env(working_dir: str | None, pip: Sequence[str], env: dict[str, str],
+                include_secrets: Sequence[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The job's runtime environment (the project folder and/or pip packages, and environment variables), and the
+    secret files of the folder it leaves out (all but those under ``include_secrets``)."""
     result: dict[str, Any] = {}
+    left_out: list[str] = []
     if working_dir is not None:
         folder = Path(working_dir).expanduser().resolve()
         if not folder.is_dir():
             raise FileNotFoundError(f"--working-dir {working_dir}: no such directory")
+        upload = select_upload(folder, include_secrets)
         result["working_dir"] = str(folder)
-        result["excludes"] = list(WORKING_DIR_EXCLUDES)
+        result["excludes"] = upload.excludes
+        left_out = upload.secrets_left_out
+    elif include_secrets:
+        raise ConfigError("--include-secret: no folder is uploaded (--pip without --working-dir)")
     if pip:
         result["pip"] = list(pip)
     if env:
         result["env_vars"] = dict(env)
-    return result
+    return result, left_out
 
 
 def _parse_env(items: Sequence[str]) -> dict[str, str]:
@@ -158,7 +160,11 @@ def add_parser(subparsers) -> None:
     add_connection_args(parser)
     parser.add_argument("--working-dir", default=None, metavar="DIR",
                         help="project folder uploaded with the job (default: the current folder, unless --pip or "
-                        "--pin-installed is given); leaves out " + ", ".join(WORKING_DIR_EXCLUDES))
+                        "--pin-installed is given); leaves out " + ", ".join(WORKING_DIR_EXCLUDES)
+                        + " and files that look like secrets (.env, *.pem, *.key, id_rsa*, .aws/, .ssh/, .netrc ...)")
+    parser.add_argument("--include-secret", action="append", default=[], metavar="PATH",
+                        help="upload this file (or the secret files under this folder) although it looks like a "
+                        "secret; repeatable")
     parser.add_argument("--pip", action="append", default=[], metavar="PKG",
                         help="pip requirement installed for the job, repeatable (e.g. nasplat==0.1.0, or a wheel URL)")
     parser.add_argument("--pin-installed", action="store_true",
@@ -187,7 +193,9 @@ def run_submit(args: argparse.Namespace) -> int:
 
         pip.append(f"nasplat=={importlib.metadata.version('nasplat')}")
     working_dir = args.working_dir if (args.working_dir or pip) else "."
-    env = runtime_env(working_dir, pip, _parse_env(args.env))
+    env, left_out = runtime_env(working_dir, pip, _parse_env(args.env), args.include_secret)
+    if (note := describe_left_out(left_out)) is not None:
+        _log(note)
     client = connect(address, args.token_file)
     entrypoint = shlex.join(command)
     job_id = call(client, "submit_job", entrypoint=entrypoint, runtime_env=env, submission_id=args.submission_id)

@@ -11,6 +11,7 @@ from nasplat.searching.config import SearchConfig
 from nasplat.tracking.runs import RAY_JOB_CONFIG_ENV, ray_job_tags
 from nasplat.tracking.schema import RAY_JOB_TAG
 from pipelines import jobs, submit
+from pipelines.upload import describe_left_out
 from pipelines.cli import main
 
 LOCAL = "http://127.0.0.1:8265"
@@ -77,7 +78,8 @@ def test_runtime_env_upload_leaves_out_environments_stores_and_runs(tmp_path):
     for name in keep + drop:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         (project / name).write_text("x")
-    env = submit.runtime_env(str(project), ["nasplat==0.1.0"], {"A": "1"})
+    env, left_out = submit.runtime_env(str(project), ["nasplat==0.1.0"], {"A": "1"})
+    assert left_out == []
     assert env["working_dir"] == str(project) and env["pip"] == ["nasplat==0.1.0"] and env["env_vars"] == {"A": "1"}
     create_package(env["working_dir"], tmp_path / "pkg.zip", include_gitignore=True, excludes=env["excludes"])
     names = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
@@ -86,9 +88,86 @@ def test_runtime_env_upload_leaves_out_environments_stores_and_runs(tmp_path):
 
 
 def test_runtime_env_without_folder_and_missing_folder(tmp_path):
-    assert submit.runtime_env(None, ["nasplat==0.1.0"], {}) == {"pip": ["nasplat==0.1.0"]}
+    assert submit.runtime_env(None, ["nasplat==0.1.0"], {}) == ({"pip": ["nasplat==0.1.0"]}, [])
     with pytest.raises(FileNotFoundError, match="--working-dir"):
         submit.runtime_env(str(tmp_path / "nope"), [], {})
+    with pytest.raises(ConfigError, match="--include-secret: no folder is uploaded"):
+        submit.runtime_env(None, ["nasplat==0.1.0"], {}, include_secrets=[".env"])
+
+
+SECRETS = [".env", ".env.production", "deploy/server.pem", "deploy/server.key", "certs/ca.pem", "keys/id_rsa",
+           "keys/id_ed25519.pub", ".aws/credentials", ".aws/config", "home/.ssh/known_hosts", ".netrc",
+           ".git-credentials", ".pypirc", "signing.p12", "gcp/credentials.json", ".docker/config.json"]
+PLAIN = ["pipelines/cli.py", "configs/quick.yaml", "README.md", ".envrc.md", "docs/keys.md", "env.py",
+         "certs/README.md", "src/key.py", "deploy/values.yaml"]
+
+
+def _project(root) -> None:
+    for name in SECRETS + PLAIN + [".venv/lib/certifi/cacert.pem"]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("x")
+
+
+def _packaged(folder, excludes, zip_path) -> set[str]:
+    """The files Ray's own packaging code puts in the job's zip for ``folder`` with ``excludes``."""
+    from ray._private.runtime_env.packaging import create_package
+
+    create_package(str(folder), zip_path, include_gitignore=True, excludes=excludes)
+    return {n for n in zipfile.ZipFile(zip_path).namelist() if not n.endswith("/")}
+
+
+def test_secret_files_are_left_out_of_the_upload_and_listed(tmp_path):
+    project = tmp_path / "project"
+    _project(project)
+    env, left_out = submit.runtime_env(str(project), [], {})
+    assert left_out == sorted(SECRETS)  # the venv's certificate bundle is never uploaded, so it is not listed
+    names = _packaged(project, env["excludes"], tmp_path / "pkg.zip")
+    assert names == set(PLAIN)  # exactly what is listed is left out, nothing else
+
+
+def test_include_secret_uploads_the_named_files_only(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    _project(project)
+    (project / "odd [1]*.pem").write_text("x")  # gitignore's special characters in a name
+    monkeypatch.chdir(project)
+    env, left_out = submit.runtime_env(".", [], {}, include_secrets=["certs/ca.pem", str(project / ".aws"),
+                                                                    "odd [1]*.pem"])
+    included = {"certs/ca.pem", ".aws/credentials", ".aws/config", "odd [1]*.pem"}
+    assert set(left_out) == set(SECRETS) - included
+    assert _packaged(project, env["excludes"], tmp_path / "pkg.zip") == set(PLAIN) | included
+    with pytest.raises(ConfigError, match=r"--include-secret README.md: no file there is left out as a secret"):
+        submit.runtime_env(".", [], {}, include_secrets=["README.md"])
+    with pytest.raises(ConfigError, match=r"--include-secret .*elsewhere.pem: not inside the uploaded folder"):
+        submit.runtime_env(".", [], {}, include_secrets=[str(tmp_path / "elsewhere.pem")])
+
+
+def test_the_user_is_told_what_was_left_out_and_how_to_include_it():
+    assert describe_left_out([]) is None
+    line = describe_left_out([f"k{i}.pem" for i in range(12)], shown=10)
+    assert "k0.pem, k1.pem" in line and "k9.pem and 2 more" in line and "k10.pem" not in line
+    assert "--include-secret PATH" in line
+
+
+def test_submit_prints_the_secrets_it_left_out_and_never_sends_them(tmp_path, monkeypatch, capsys):
+    """The whole command up to the cluster: the runtime_env handed to Ray's job client leaves the secrets out."""
+    project = tmp_path / "project"
+    _project(project)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sent = {}
+
+    class Client:
+        def submit_job(self, **kwargs):
+            sent.update(kwargs)
+            return "raysubmit_1"
+
+    monkeypatch.setattr(submit, "connect", lambda address, token_file: Client())
+    assert main(["submit", "--address", LOCAL, "--no-wait", "--include-secret", ".env", "--", "search"]) == 0
+    err = capsys.readouterr().err
+    assert "left out of the uploaded folder as possible secrets: .aws/config, .aws/credentials" in err
+    assert "--include-secret PATH" in err and " .env," not in err
+    packaged = _packaged(project, sent["runtime_env"]["excludes"], tmp_path / "pkg.zip")
+    assert packaged == set(PLAIN) | {".env"}
 
 
 # ----- address and token ----------------------------------------------------------------------
