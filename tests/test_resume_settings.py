@@ -138,3 +138,24 @@ def test_a_resumed_run_records_its_overrides_for_the_restored_trials(tmp_path):
     _with_overrides(trial, {"max_failures": 3})({**first.to_dict(), "seed": 5})  # a trial's config as Tune stored it
     assert seen[0]["max_failures"] == 3 and seen[0]["seed"] == 5  # its own seed kept, the old setting replaced
     assert _with_overrides(trial, {}) is trial
+
+
+def test_a_checkpoint_of_another_space_or_model_is_refused_with_a_message(tmp_path):
+    """The last guard, in the worker: a run folder whose checkpoints belong to other settings (a folder copied over
+    another) is refused naming both, never fed to load_state_dict."""
+    from nasplat.retraining.loop import Retrainer
+    from nasplat.searching.loop import SupernetSearch
+    from search_spaces.darts import DARTS_V2
+
+    tiny = dict(image_size=32, train_samples=8, val_samples=4, batch_size=2, workers=1)
+    SupernetSearch(SearchConfig(**tiny, space_options={"C": 2, "layers": 3})).save(tmp_path / "search")
+    for other in (SearchConfig(**tiny, space_options={"C": 4, "layers": 3}),
+                  SearchConfig(**tiny, space="autodeeplab", space_options={"F": 2, "L": 3})):
+        with pytest.raises(ConfigError, match=r"the checkpoint is of search space 'darts' with options "
+                                              r"\{'C': 2, 'layers': 3\}, not .*resume it with its own settings"):
+            SupernetSearch(other).restore(tmp_path / "search")
+    source = {"genotype": DARTS_V2.to_dict(), "options": {"C": 4, "layers": 3, "head_channels": 8}}
+    retrain = RetrainConfig(**{**tiny, "image_size": 16})
+    Retrainer(retrain, source).save(tmp_path / "retrain")
+    with pytest.raises(ConfigError, match=r"the checkpoint trains .*, not .*resume it with its own model source"):
+        Retrainer(retrain, {**source, "options": {**source["options"], "C": 6}}).restore(tmp_path / "retrain")

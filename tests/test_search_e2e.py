@@ -123,7 +123,7 @@ def test_interrupted_search_resumes_where_it_stopped(tmp_path):
             first.kill()
     assert any("epoch 1/3" in line for line in seen), "".join(seen)[-3000:]
     assert first.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
-    assert "--name resumable to resume" in rest
+    assert "nasplat search --resume resumable" in rest  # how to continue it
 
     second = _nasplat(args, tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
