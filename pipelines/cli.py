@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Sequence
 
+from nasplat.tracking.schema import QUIET_DOWNLOADS
 from nasplat.training.config import ConfigError, ExperimentConfig
 from pipelines.config_args import CommandParser, DeprecatedAlias
 
@@ -154,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    os.environ.setdefault(QUIET_DOWNLOADS[0], QUIET_DOWNLOADS[1])  # no tqdm bars between nasplat's own lines
     try:
         return int(args.handler(args) or 0)
     except (ConfigError, FileNotFoundError, KeyError) as err:

@@ -225,7 +225,8 @@ class DartsSpace(SearchSpace):
     def supernet(self, num_classes: int, **options) -> DartsSupernet:
         return DartsSupernet(num_classes, **options)
 
-    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, **options) -> int:
+    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, layers: int = 5, **options) -> int:
+        reduction_layers(layers, reductions)  # ValueError for a layout the supernet cannot build
         return stem_stride * 2 ** reductions
 
     def decode(self, arch: Mapping[str, torch.Tensor], **options) -> DartsGenotype:

@@ -20,6 +20,7 @@ CASES = {
     "unknown space": (["search", *TINY, "--space", "nope"], "unknown search space 'nope'"),
     "missing space file": (["search", *TINY, "--space", "{tmp}/nope.py:mine"], "nope.py"),
     "unknown space option": (["search", *TINY, "--space-option", "depth=3"], "no option 'depth'"),
+    "more reduction cells than layers": (["search", *TINY, "--space-option", "layers=2"], "reductions=2"),
     "unknown early-stop option": (["search", *TINY, "--early-stop", "paper", "--early-stop-option", "foo=1"],
                                   "early_stop_options"),
     "warm-up as long as the search": (["search", *TINY, "--warmup-epochs", "2"], "'warmup_epochs'"),

@@ -24,6 +24,7 @@ from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE, DATA_FIELDS, ModelSpec, save_model_checkpoint
 from nasplat.training.checkpoints import atomic_save, load_state
 from nasplat.training.collectives import average_, average_buffers_, broadcast_module_, rank, world_size
+from nasplat.training.heartbeat import EpochHeartbeat
 from nasplat.training.config import ConfigError
 from nasplat.training.divergence import global_mean, require_finite
 from nasplat.training.evaluation import evaluate_model, validation_loader
@@ -103,6 +104,8 @@ class Retrainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # read once per epoch: no sync per step
         lr = self.optimizer.param_groups[0]["lr"]
         params = [p for p in self.model.parameters() if p.requires_grad]
+        heartbeat = EpochHeartbeat(f"epoch {self.epoch + 1}/{self.config.epochs}", len(self.train_loader),
+                                   enabled=rank() == 0)
         for images, masks in self.train_loader:
             images, masks = images.to(self.device), masks.to(self.device)
             loss = segmentation_loss(self.model, self.model(images), masks, self.config.aux_weight)
@@ -114,6 +117,7 @@ class Retrainer:
             loss_sum += loss.detach()
             steps += 1
             samples += images.shape[0]
+            heartbeat.beat(steps)
         loss_mean = global_mean(loss_sum, steps, self.device)  # the same on every rank: all of them stop together
         require_finite(self.epoch + 1, f"lr {lr:g}, batch size {self.config.batch_size}; lower --lr or raise "
                        "--image-size", loss=loss_mean)

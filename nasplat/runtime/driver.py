@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -28,6 +29,10 @@ from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_ru
 from nasplat.tracking.uri import mask_credentials
 from nasplat.training.config import ExperimentConfig
 from nasplat.training.storage import run_location
+
+QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0"}
+"""Tune's classic output, silent at ``verbose=0`` (the new one prints a configuration box and a TensorBoard hint at
+any verbosity): the terminal shows nasplat's own lines (:mod:`nasplat.runtime.progress`) and MLflow holds the rest."""
 
 PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
@@ -148,6 +153,7 @@ def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str
     """A new Tuner, or the stored one of the same run name (resume), whose trials get ``overrides`` on top of the
     configs Tune stored for them."""
     config = experiment.config
+    os.environ.update(QUIET_TUNE)
     trainable = tune.with_resources(_with_overrides(experiment.trainable, overrides), driver)
     if tune.Tuner.can_restore(run_dir):
         log(f"resuming the {experiment.kind} stored in {run_dir}")

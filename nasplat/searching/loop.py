@@ -21,6 +21,7 @@ from nasplat.searching.config import SearchConfig
 from nasplat.searching.cost_search import cost_objective
 from nasplat.data.sources import SearchData, search_data
 from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
+from nasplat.training.heartbeat import EpochHeartbeat
 from nasplat.spaces.genotype import Genotype
 from nasplat.training.checkpoints import atomic_save, load_state
 from nasplat.training.divergence import global_mean, require_finite
@@ -160,6 +161,8 @@ class SupernetSearch:
         remedies = self.bilevel.remedies
         if remedies is not None:
             remedies.set_epoch(self.epoch, self.config.epochs)
+        total = min(map(len, self.loaders.values())) if len(self.loaders) == 2 else None  # None: a Ray Data stream
+        heartbeat = EpochHeartbeat(f"epoch {self.epoch + 1}/{self.config.epochs}", total, enabled=rank() == 0)
         for batch_a, batch_b in zip(self._batches("train_a"), self._batches("train_b")):
             batch_a = tuple(t.to(self.device) for t in batch_a)
             batch_b = tuple(t.to(self.device) for t in batch_b)
@@ -168,6 +171,7 @@ class SupernetSearch:
                 totals[key] += value
             steps += 1
             samples += batch_a[0].shape[0]
+            heartbeat.beat(steps)
         self.scheduler.step()
         self.epochs_trained += 1
         train_loss = global_mean(totals["train_loss"], steps, self.device)  # the same on every rank

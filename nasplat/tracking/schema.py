@@ -94,3 +94,6 @@ PREDICTIONS_IMAGE = "predictions"
 CONFUSION_IMAGE = "confusion_matrix"
 LOGGED_MODEL_NAME = "model"
 """The ``name=`` of the retrained model logged with ``mlflow.pytorch.log_model``."""
+
+QUIET_DOWNLOADS = ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+"""Environment setting: MLflow draws no tqdm bars while it downloads artifacts (nasplat prints its own lines)."""
