@@ -12,6 +12,9 @@ from pathlib import Path
 
 from nasplat.searching.config import SearchConfig
 
+NOISY = 0.5
+"""An op's timing counts as noisy when its interquartile range exceeds this fraction of its median."""
+
 
 def add_parser(subparsers) -> None:
     """Register the ``profile-ops`` subcommand."""
@@ -79,6 +82,11 @@ def run_profile(args: argparse.Namespace) -> int:
     meta = {"space": space.name, "image_size": args.image_size, "space_options": options,
             "repeats": args.repeats, "warmup": args.warmup, "machine": machine_description(device)}
     path = save_table(Path(args.out).expanduser().resolve(), entries, meta)
+    noisy = [shape.key for shape, entry in entries.items() if entry["latency_iqr_ms"] > NOISY * entry["latency_ms"]]
+    if noisy:
+        print(f"[nasplat] warning: {len(noisy)} of {len(entries)} ops timed with an interquartile range above "
+              f"{NOISY:.0%} of their median (e.g. {noisy[0]}): the machine was busy; profile again when it is idle "
+              "or with more --repeats", file=sys.stderr, flush=True)
     print(f"[nasplat] cost table of {len(entries)} ops written to {path}  (nasplat search --space {space.name} "
           f"--image-size {args.image_size} --cost latency --cost-table {path})")
     return 0

@@ -214,3 +214,15 @@ def test_saved_tables_round_trip_and_bad_entries_name_the_file(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"t\.json: entry sep_conv_3x3\|C=4\|stride=2\|9x9 must map"):
         load_table(path)
+
+
+def test_profile_ops_warns_when_the_timings_are_noisy(tmp_path, monkeypatch, capsys):
+    import nasplat.searching.cost_table as cost_table
+
+    def busy_machine(op, input_size, warmup, repeats):
+        return {"median_ms": 1.0, "iqr_ms": 0.8}  # e.g. other processes on the same cores
+
+    monkeypatch.setattr(cost_table, "measure_latency", busy_machine)
+    _profile(tmp_path, 16)
+    assert "warning: 21 of 21 ops timed with an interquartile range above 50% of their median" in \
+        capsys.readouterr().err
