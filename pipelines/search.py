@@ -13,7 +13,8 @@ SEARCH_FLAGS = FlagSpec(
     mapping_flags={"space_options": "--space-option", "early_stop_options": "--early-stop-option",
                    "remedy_options": "--remedy-option"},
     list_flags={"remedy": (str, "+")},
-    metavars={"data_root": "DIR", "remedy": "NAME"},
+    metavars={"data_root": "DIR", "remedy": "NAME", "cost_table": "FILE", "cost_weight": "W", "cost_target": "T",
+              "top_k": "K"},
 )
 
 
