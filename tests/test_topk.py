@@ -126,8 +126,8 @@ def test_top_k_record_puts_the_chosen_genotype_first_without_repeats():
     assert record["genotypes"][0]["strength"] == pytest.approx(ranked[2][0])
 
 
-def test_a_trial_records_its_top_k_and_the_measured_cost_at_the_end():
-    from nasplat.runtime.search_worker import _record_final
+def test_a_trial_records_its_top_k_every_epoch_and_the_measured_cost_at_the_end():
+    from nasplat.runtime.search_worker import _record_candidates
     from nasplat.searching.config import SearchConfig
     from nasplat.searching.loop import SupernetSearch
 
@@ -146,7 +146,9 @@ def test_a_trial_records_its_top_k_and_the_measured_cost_at_the_end():
                                          cost="params", top_k=4))
     search.train_epoch()
     logger = Recorder()
-    _record_final(logger, search, search.genotype(), step=1)
+    _record_candidates(logger, search, search.genotype(), step=1, measure=False)  # an epoch before the last
+    assert "top_k_genotypes.json" in logger.json and not logger.metrics
+    _record_candidates(logger, search, search.genotype(), step=1, measure=True)
     entries = logger.json["top_k_genotypes.json"]["genotypes"]
     assert len(entries) == 4 and entries[0]["genotype"] == search.genotype().to_dict()
     assert entries[0]["cost"] == search.cost_metrics(search.genotype())["genotype_cost"]

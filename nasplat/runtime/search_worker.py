@@ -89,8 +89,7 @@ def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:
             folders = picture_folders(epoch, config.picture_interval, final)
             if folders:
                 _log_pictures(logger, search, result, folders, epoch, step)
-            if final:
-                _record_final(logger, search, result, step)
+            _record_candidates(logger, search, result, step, measure=final)
 
         search.capture_rng()  # every rank: its generators go into rank 0's checkpoint
         report_epoch(context, metrics, write)
@@ -108,15 +107,17 @@ def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: d
     logger.set_tags({schema.GENOTYPE_HASH_TAG: metrics["genotype_hash"], schema.LAST_EPOCH_TAG: epoch})
 
 
-def _record_final(logger: RunLogger, search: SupernetSearch, genotype: Genotype, step: int) -> None:
-    """The trial's ``top_k`` strongest distinct genotypes (rank 1 = ``genotype``) and, with ``--cost``, the built
+def _record_candidates(logger: RunLogger, search: SupernetSearch, genotype: Genotype, step: int,
+                       measure: bool) -> None:
+    """The trial's ``top_k`` strongest distinct genotypes (rank 1 = ``genotype``, the epoch's genotype.json; written
+    every epoch, as that file, so a trial ASHA stops has them too) and, with ``measure`` and ``--cost``, the built
     network of ``genotype`` measured on this worker's device (``genotype_latency_ms``, ``genotype_gflops``,
     ``genotype_params``)."""
     cost = search.cost
     record = top_k_record(search.space, search.model.arch_parameters(), search.model.decode_options(),
                           search.config.top_k, genotype, cost.genotype_cost if cost is not None else None)
     logger.log_json(record, schema.TOP_K_ARTIFACT)
-    if cost is not None:
+    if measure and cost is not None:
         logger.log_metrics(network_costs(search.space, genotype, cost.model, search.data.num_classes,
                                          search.config.image_size, search.device), step=step)
 
