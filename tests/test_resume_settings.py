@@ -119,7 +119,8 @@ def test_the_cli_and_the_api_resolve_the_same_way(tmp_path, monkeypatch, capsys)
 
 
 def test_a_resumed_run_records_its_overrides_for_the_restored_trials(tmp_path):
-    from nasplat.runtime.driver import _with_overrides
+    from nasplat.runtime.driver import OVERRIDES_KEY, _with_overrides, first_values, overrides_tag
+    from nasplat.tracking import schema
 
     first, run_dir = _stored_run(tmp_path, epochs=4)
     resumed = resumed_config(SearchConfig, {"resume": run_dir, "resume_override": {"max_failures": 3}})
@@ -137,7 +138,13 @@ def test_a_resumed_run_records_its_overrides_for_the_restored_trials(tmp_path):
 
     _with_overrides(trial, {"max_failures": 3})({**first.to_dict(), "seed": 5})  # a trial's config as Tune stored it
     assert seen[0]["max_failures"] == 3 and seen[0]["seed"] == 5  # its own seed kept, the old setting replaced
+    assert seen[0][OVERRIDES_KEY] == {"max_failures": 3}  # for the trial run's params and tag
     assert _with_overrides(trial, {}) is trial
+    # MLflow refuses a param's new value: the runs keep the first ones, and a tag holds the changes
+    params = first_values(again, {"max_failures": 3, "picture_interval": 2})
+    assert "max_failures" not in params and "picture_interval" not in params and params["epochs"] == 4
+    assert overrides_tag({"tracking_uri": "http://u:pw@h:5000", "max_failures": 3}) == {
+        schema.RESUME_OVERRIDES_TAG: '{"max_failures": 3, "tracking_uri": "http://***@h:5000"}'}
 
 
 def test_a_checkpoint_of_another_space_or_model_is_refused_with_a_message(tmp_path):

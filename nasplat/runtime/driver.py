@@ -38,6 +38,7 @@ PLAN_KEY = "_nasplat_plan"
 PARENT_KEY = "_nasplat_parent_run"
 KIND_KEY = "_nasplat_kind"
 TRIAL_TAGS_KEY = "_nasplat_trial_tags"
+OVERRIDES_KEY = "_nasplat_resume_overrides"
 
 
 class ExperimentInterrupted(RuntimeError):
@@ -127,10 +128,10 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
         check_worker_share(plan)
         log(f"resources: {plan.describe()}")
         parent_run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, experiment.kind,
-                                        config.settings(), tags=experiment.parent_tags, argv=experiment.argv)
-        if overrides:  # params keep their first values: the tag says what a resume changed
-            RunLogger(config.tracking_uri, parent_run_id).set_tags(
-                {schema.RESUME_OVERRIDES_TAG: mask_credentials(json.dumps(overrides, sort_keys=True))})
+                                        first_values(config, overrides), tags=experiment.parent_tags,
+                                        argv=experiment.argv)
+        if overrides:
+            RunLogger(config.tracking_uri, parent_run_id).set_tags(overrides_tag(overrides))
         if on_parent_run is not None:
             on_parent_run(parent_run_id)
         param_space = {**config.to_dict(), **experiment.param_space, PLAN_KEY: {"per_worker": plan.per_worker},
@@ -172,15 +173,27 @@ def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str
     )
 
 
+def first_values(config: ExperimentConfig, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The params of a run: its settings but those changed on resume, whose first values the run holds already
+    (MLflow refuses a param's new value); :func:`overrides_tag` records the changes."""
+    return {key: value for key, value in config.settings().items() if key not in overrides}
+
+
+def overrides_tag(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """The tag that says which settings a resume changed, and to what (credentials masked)."""
+    return {schema.RESUME_OVERRIDES_TAG: mask_credentials(json.dumps(dict(overrides), sort_keys=True))}
+
+
 def _with_overrides(trainable: Callable[[dict[str, Any]], None],
                     overrides: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
-    """``trainable`` with ``overrides`` (settings changed on resume) laid over each trial's stored config."""
+    """``trainable`` with ``overrides`` (settings changed on resume) laid over each trial's stored config; the
+    trial finds them under ``OVERRIDES_KEY`` too, for its run's params and tags."""
     if not overrides:
         return trainable
 
     @functools.wraps(trainable)
     def run(trial_config: dict[str, Any]) -> None:
-        trainable({**trial_config, **overrides})
+        trainable({**trial_config, **overrides, OVERRIDES_KEY: overrides})
 
     return run
 
@@ -204,9 +217,12 @@ def start_trial(trial_config: Mapping[str, Any], config_type: type[ExperimentCon
     parent_run_id: str = trial_config.pop(PARENT_KEY)
     kind: str = trial_config.pop(KIND_KEY)
     tags: dict = trial_config.pop(TRIAL_TAGS_KEY)
+    overrides: dict = trial_config.pop(OVERRIDES_KEY, {})
     extras = {key: trial_config.pop(key) for key in extra_keys}
     config = config_type.from_dict(trial_config)
     trial_id = tune.get_context().get_trial_id()
     run_id = open_trial_run(config.tracking_uri, parent_run_id, trial_id, f"{config.name}-{trial_id}",
-                            schema.TRIAL_KIND[kind], config.settings(), tags=tags)
+                            schema.TRIAL_KIND[kind], first_values(config, overrides), tags=tags)
+    if overrides:
+        RunLogger(config.tracking_uri, run_id).set_tags(overrides_tag(overrides))
     return TrialStart(config, run_id, trial_id, plan["per_worker"], extras)
