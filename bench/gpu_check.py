@@ -66,17 +66,20 @@ def check_retrain() -> dict[str, Any]:
     from search_spaces.darts import DARTS_V2
 
     rows = {}
+    precisions = ("off", "fp16", "bf16") if DEVICE == "cuda" else ("off", "bf16")
     for label, source in (("darts_v2", {"genotype": DARTS_V2.to_dict()}),
                           ("deeplabv3plus_mobilenet_v2", {"baseline": "deeplabv3plus",
                                                           "options": {"backbone": "mobilenet_v2"}})):
-        config = RetrainConfig(image_size=128, train_samples=64, val_samples=16, batch_size=8, workers=1, epochs=2,
-                               gpus_per_worker=1 if DEVICE == "cuda" else 0)
-        trainer = Retrainer(config, source, device=DEVICE)
-        trainer.train_epoch()
-        train, seconds, gib = _timed(trainer.train_epoch)
-        evaluation = trainer.evaluate()
-        rows[label] = {"train_epoch_s": seconds, "peak_gib": gib, "samples_per_s": train["samples_per_s"],
-                       "train_loss": train["train_loss"], "val_miou": evaluation["val_miou"]}
+        for amp in precisions:  # --amp: the retrain's mixed precision modes
+            config = RetrainConfig(image_size=128, train_samples=64, val_samples=16, batch_size=8, workers=1,
+                                   epochs=2, gpus_per_worker=1 if DEVICE == "cuda" else 0, amp=amp)
+            trainer = Retrainer(config, source, device=DEVICE)
+            trainer.train_epoch()
+            train, seconds, gib = _timed(trainer.train_epoch)
+            evaluation = trainer.evaluate()
+            rows[f"{label}/amp={amp}"] = {"train_epoch_s": seconds, "peak_gib": gib,
+                                          "samples_per_s": train["samples_per_s"],
+                                          "train_loss": train["train_loss"], "val_miou": evaluation["val_miou"]}
     return rows
 
 

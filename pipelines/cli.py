@@ -92,18 +92,19 @@ def _sort_column(text: str) -> str:
 
 
 def _add_compare_parser(subparsers) -> None:
-    from pipelines.compare import COLUMNS, DEFAULT_EXPERIMENT, FORMATS, run_compare
-    from pipelines.pareto import COSTS, DEFAULT_EXPERIMENTS, run_plot
+    from pipelines.compare import COLUMNS, DEFAULT_EXPERIMENTS, FORMATS, run_compare
+    from pipelines.pareto import COSTS, run_plot
+    from pipelines.pareto import DEFAULT_EXPERIMENTS as PLOTTED
 
     parser = subparsers.add_parser(
-        "compare", help="table of the searches and retrains recorded in an MLflow experiment",
+        "compare", help="table of the searches, retrains and baselines recorded in MLflow",
         description="One row per search or retrain (MLflow parent run): name, id, status, kind, space or model, "
         "dataset, best mIoU, parameters and GFLOPs at the training crop (a search's supernet, a retrain's "
         "network), epochs, CPU- or GPU-hours (child runs' wall time x workers x CPUs or GPUs per worker), "
-        "genotype hash, start time. Retrains are in the experiment nasplat-retrain.",
+        "genotype hash, where a retrain's network came from (search run, top-k rank, genotype file), start time.",
     )
     parser.add_argument("--experiment", action="append", metavar="NAME", help="MLflow experiment name, repeatable "
-                        f"(default: {DEFAULT_EXPERIMENT}; with --plot: {', '.join(DEFAULT_EXPERIMENTS)}, those that exist)")
+                        f"(default: those of {', '.join(DEFAULT_EXPERIMENTS)} that exist; with --plot: {', '.join(PLOTTED)})")
     parser.add_argument("--tracking-uri", help=ExperimentConfig.help_texts()["tracking_uri"])
     columns = [key for key, _ in COLUMNS]
     parser.add_argument("--sort", default="best_miou", type=_sort_column, choices=columns, metavar="COLUMN",

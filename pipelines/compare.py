@@ -22,6 +22,8 @@ from nasplat.tracking.schema import PARENT_TAG
 from nasplat.tracking.uri import existing_store_uri, local_artifact_root
 
 DEFAULT_EXPERIMENT = "nasplat-search"
+DEFAULT_EXPERIMENTS = ("nasplat-search", "nasplat-retrain", "nasplat-baselines")
+"""Where searches, retrains and baselines go by default: the table shows those that exist unless --experiment."""
 FORMATS = ("table", "csv", "json")
 
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -37,6 +39,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("epochs", "epochs"),
     ("device_hours", "device-h"),  # the table says CPU-h or GPU-h (see ``device_unit``)
     ("genotype_hash", "genotype"),
+    ("source", "from"),
     ("started_at", "started"),
 )
 """Row keys in display order, with their table headings."""
@@ -179,9 +182,21 @@ def _row(client, parent, children: list) -> dict[str, Any]:
         "device_hours": hours,
         "device_unit": f"{unit}-h",
         "genotype_hash": tags.get("genotype_hash"),
+        "source": _lineage(tags),
         "started_at": _started(parent.info.start_time),
         "trials": len(children),
     }
+
+
+def _lineage(tags: dict[str, str]) -> str | None:
+    """Where a retrain's network came from: ``search <run id>`` (with ``#N`` for a top-k rank above 1), the
+    genotype file's name, or nothing (a search, a baseline)."""
+    search_run = tags.get(schema.SEARCH_RUN_TAG)
+    if search_run:
+        rank = tags.get(schema.SOURCE_RANK_TAG)
+        return f"search {search_run[:8]}" + (f" #{rank}" if rank and rank != "1" else "")
+    genotype_file = tags.get(schema.GENOTYPE_FILE_TAG)
+    return os.path.basename(genotype_file) if genotype_file else None
 
 
 def sort_key_name(column: str) -> str:
@@ -312,10 +327,21 @@ def format_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
     raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
+def existing_experiments(tracking_uri: str | None, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` the store holds; CompareError listing the store's experiments when it holds none."""
+    client, uri = open_store(tracking_uri)
+    present = {e.name for e in client.search_experiments()}
+    found = [name for name in names if name in present]
+    if not found:
+        raise CompareError(f"none of the experiments {', '.join(repr(n) for n in names)} is in {uri}; existing "
+                           "experiments: " + (", ".join(repr(n) for n in sorted(present)) or "none"))
+    return found
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    """The table of ``--experiment`` (repeatable; default nasplat-search); the exit status."""
-    experiments = args.experiment or [DEFAULT_EXPERIMENT]
+    """The table of ``--experiment`` (repeatable; default: the searches, retrains and baselines); the exit status."""
     try:
+        experiments = args.experiment or existing_experiments(args.tracking_uri, DEFAULT_EXPERIMENTS)
         rows = [row for name in experiments for row in search_rows(args.tracking_uri, name, args.sort, args.ascending,
                                                                      args.limit)]
         rows = sort_rows(rows, args.sort, args.ascending)[:args.limit]
@@ -323,7 +349,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2
     if not rows:
-        message = f"no search runs in experiment {', '.join(repr(name) for name in experiments)}"
+        message = f"no search or retrain runs in experiment {', '.join(repr(name) for name in experiments)}"
         if args.format == "table":
             print(message)
             return 0

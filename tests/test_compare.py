@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from nasplat.tracking.schema import PARENT_TAG
 from nasplat.tracking.uri import local_artifact_root
 from pipelines.cli import main
-from pipelines.compare import CompareError, format_rows, search_rows, ui_argv
+from pipelines.compare import CompareError, _lineage, format_rows, search_rows, ui_argv
 
 T0 = 1_780_000_000_000  # ms
 HOUR = 3_600_000
@@ -205,7 +205,7 @@ def test_csv_and_json_formats(store):
     rows = search_rows(uri)
     parsed = list(csv.DictReader(io.StringIO(format_rows(rows, "csv"))))
     assert list(parsed[0]) == ["run_name", "run_id", "status", "kind", "space", "dataset", "best_miou", "params",
-                               "gflops", "epochs", "device_hours", "genotype_hash", "started_at", "device_unit",
+                               "gflops", "epochs", "device_hours", "genotype_hash", "source", "started_at", "device_unit",
                                "trials"]
     assert [p["run_name"] for p in parsed] == [r["run_name"] for r in rows]
     cpu = next(p for p in parsed if p["run_name"] == "search-cpu-aaaa")
@@ -222,11 +222,15 @@ def test_csv_and_json_formats(store):
 def test_cli_compare(store, capsys):
     uri, _ = store
     assert main(["compare", "--tracking-uri", uri, "--format", "json", "--limit", "1"]) == 0
+    assert [d["run_name"] for d in json.loads(capsys.readouterr().out)] == ["retrain-icnet"]  # searches and retrains
+    assert main(["compare", "--tracking-uri", uri, "--experiment", "nasplat-search", "--format", "json",
+                 "--limit", "1"]) == 0
     assert [d["run_name"] for d in json.loads(capsys.readouterr().out)] == ["search-gpu-bbbb"]
     assert main(["compare", "--tracking-uri", uri, "--sort", "run_name", "--ascending"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out[2:]] == ["search-cpu-aaaa", "search-gpu-bbbb", "search-new-cccc",
-                                                     "search-run-dddd"]
+    assert " from " in out[0]
+    assert [line.split()[0] for line in out[2:]] == ["retrain-icnet", "search-cpu-aaaa", "search-gpu-bbbb",
+                                                     "search-new-cccc", "search-run-dddd"]
     assert main(["compare", "--tracking-uri", uri, "--sort", "nope"]) == 2
     assert "cannot sort by 'nope'" in capsys.readouterr().err
 
@@ -250,10 +254,30 @@ def test_cli_missing_experiment_and_store(store, tmp_path, capsys, monkeypatch):
 def test_cli_empty_experiment(store, capsys):
     uri, _ = store
     assert main(["compare", "--tracking-uri", uri, "--experiment", "other"]) == 0
-    assert capsys.readouterr().out.strip() == "no search runs in experiment 'other'"
+    assert capsys.readouterr().out.strip() == "no search or retrain runs in experiment 'other'"
     assert main(["compare", "--tracking-uri", uri, "--experiment", "other", "--format", "json"]) == 0
     captured = capsys.readouterr()
-    assert json.loads(captured.out) == [] and "no search runs" in captured.err
+    assert json.loads(captured.out) == [] and "no search or retrain runs" in captured.err
+
+
+def test_default_table_needs_one_of_the_default_experiments(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("elsewhere")
+    assert main(["compare", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "none of the experiments 'nasplat-search', 'nasplat-retrain', 'nasplat-baselines'" in err
+    assert "'elsewhere'" in err
+
+
+@pytest.mark.parametrize("tags, shown", [
+    ({"nasplat.source_search_run": "0123456789abcdef"}, "search 01234567"),
+    ({"nasplat.source_search_run": "0123456789abcdef", "nasplat.source_rank": "3"}, "search 01234567 #3"),
+    ({"nasplat.source_search_run": "0123456789abcdef", "nasplat.source_rank": "1"}, "search 01234567"),
+    ({"nasplat.source_genotype_file": "/data/runs/best/genotype.json"}, "genotype.json"),
+    ({}, None),
+])
+def test_lineage_says_where_a_retrained_network_came_from(tags, shown):
+    assert _lineage(tags) == shown
 
 
 def test_ui_argv(tmp_path):

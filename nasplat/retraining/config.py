@@ -13,6 +13,10 @@ from typing import Any
 from nasplat.training.config import ConfigError, ExperimentConfig, is_count, is_number, option
 
 SOURCE_FIELDS = ("genotype", "from_run", "baseline")
+DDP_MODES = ("auto", "on", "off")
+"""--ddp: how retrain workers average gradients (:mod:`nasplat.retraining.parallel`)."""
+AMP_MODES = ("off", "fp16", "bf16")
+"""--amp: mixed precision of a retrain."""
 ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,255}")
 """The characters and length of a registered-model alias MLflow accepts."""
 
@@ -54,6 +58,11 @@ class RetrainConfig(ExperimentConfig):
                                      "when no model source is given")
     register_model: str | None = option(None, "register the best model in the MLflow model registry under this name")
     model_alias: str = option("candidate", "alias the registered version gets (with --register-model); empty: none")
+    ddp: str = option("auto", choices=DDP_MODES, help="how workers average gradients: auto (DistributedDataParallel "
+                      "with SyncBatchNorm on GPUs, nasplat's explicit all-reduce on CPUs), on (DDP everywhere) or off "
+                      "(the explicit all-reduce everywhere)")
+    amp: str = option("off", choices=AMP_MODES, help="mixed precision: fp16 (autocast and a gradient scaler; GPUs "
+                      "only), bf16 (autocast; GPUs or CPUs) or off")
 
     def validate(self) -> None:
         super().validate()
@@ -69,6 +78,10 @@ class RetrainConfig(ExperimentConfig):
                               "give --from-run RUN_ID (or no source: the latest search), not a genotype file or "
                               "a baseline")
         self.require_mapping("model_options")
+        self.require_choice("ddp", DDP_MODES)
+        self.require_choice("amp", AMP_MODES)
+        if self.amp == "fp16" and not self.gpus_per_worker:
+            raise ConfigError("config field 'amp': fp16 needs GPUs (--gpus-per-worker 1); on CPUs use --amp bf16 or off")
         alias = self.model_alias
         if not isinstance(alias, str) or (alias and (not ALIAS_PATTERN.fullmatch(alias) or alias.lower() == "latest"
                                                      or re.fullmatch(r"[vV]\d+", alias))):

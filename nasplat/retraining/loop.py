@@ -23,7 +23,8 @@ from nasplat.data.sources import search_data
 from nasplat.retraining.config import RetrainConfig
 from nasplat.retraining.model_file import BEST_MODEL_FILE, DATA_FIELDS, ModelSpec, save_model_checkpoint
 from nasplat.training.checkpoints import atomic_save, load_state
-from nasplat.training.collectives import average_, average_buffers_, broadcast_module_, rank, world_size
+from nasplat.retraining.parallel import Precision, replicate, unwrap, uses_ddp
+from nasplat.training.collectives import average_buffers_, broadcast_module_, rank, world_size
 from nasplat.training.heartbeat import EpochHeartbeat
 from nasplat.training.config import ConfigError
 from nasplat.training.divergence import global_mean, require_finite
@@ -77,6 +78,10 @@ class Retrainer:
         self.spec = ModelSpec.from_source(source, data.num_classes, data.class_names)
         self.model = self.spec.build().to(self.device)
         broadcast_module_(self.model)
+        self.ddp = uses_ddp(config.ddp, self.device)
+        self.replica = replicate(self.model, self.device) if self.ddp else self.model  # what training runs through
+        self.model = unwrap(self.replica)  # SyncBatchNorm layers where DDP converted them
+        self.precision = Precision(config.amp, self.device)
         train = ConcatDataset([data.train_a, data.train_b])
         self.sampler = DistributedSampler(train, num_replicas=world_size(), rank=rank(), shuffle=True,
                                           seed=config.seed, drop_last=True)
@@ -98,7 +103,7 @@ class Retrainer:
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over this worker's shard; returns train_loss, lr (at the epoch's start), time, samples/s."""
-        self.model.train()
+        self.replica.train()
         self.sampler.set_epoch(self.epoch)
         started, samples, steps = time.perf_counter(), 0, 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # read once per epoch: no sync per step
@@ -108,11 +113,9 @@ class Retrainer:
                                    enabled=rank() == 0)
         for images, masks in self.train_loader:
             images, masks = images.to(self.device), masks.to(self.device)
-            loss = segmentation_loss(self.model, self.model(images), masks, self.config.aux_weight)
-            self.optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            average_([p.grad for p in params])
-            self.optimizer.step()
+            with self.precision.autocast():
+                loss = segmentation_loss(self.model, self.replica(images), masks, self.config.aux_weight)
+            self.precision.step(loss, self.optimizer, params, all_reduce=not self.ddp)
             self.scheduler.step()
             loss_sum += loss.detach()
             steps += 1
@@ -157,7 +160,8 @@ class Retrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best": self.best,
+                "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                "epoch": self.epoch, "best": self.best,
                 "worker_rng": self.worker_rng or gather_rng_states(), "spec": self.spec.to_dict()}
 
     def capture_rng(self) -> None:
@@ -171,6 +175,7 @@ class Retrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("precision", {}))
         self.epoch = int(state["epoch"])
         self.best = dict(state["best"])
         restore_worker_rng(state["worker_rng"])
