@@ -207,6 +207,12 @@ def test_a_search_survives_a_lost_worker_and_a_killed_driver(tmp_path, ray_head)
     assert "epoch 2/2" not in killed_run, "the kills came too late: epoch 2 finished first"
     assert restarted.rstrip().endswith("at epoch 1"), restarted  # from the last checkpoint: epoch 1 is not redone
 
+    for changed, listed in ((["--resume", "hit", "--epochs", "3"], "epochs: 2 -> 3"),  # refused before Ray starts
+                            ([*args, "--name", "hit", "--w-lr", "0.1"], "w_lr: 0.025 -> 0.1")):
+        refused = subprocess.run([sys.executable, "-m", "pipelines.cli", "search", *changed], cwd=tmp_path / "hit",
+                                 env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and listed in refused.stderr, refused.stderr[-2000:]
+        assert "--resume-override KEY=VALUE" in refused.stderr
     resume_started = time.monotonic()
     resumed = Search(["--resume", "hit", "--resume-override", "max_failures=3"], tmp_path / "hit", env)
     resumed.wait_for("resumed from", deadline)
