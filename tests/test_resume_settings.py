@@ -166,3 +166,15 @@ def test_a_checkpoint_of_another_space_or_model_is_refused_with_a_message(tmp_pa
     Retrainer(retrain, source).save(tmp_path / "retrain")
     with pytest.raises(ConfigError, match=r"the checkpoint trains .*, not .*resume it with its own model source"):
         Retrainer(retrain, {**source, "options": {**source["options"], "C": 6}}).restore(tmp_path / "retrain")
+
+
+def test_a_retrain_run_resumes_the_same_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = RetrainConfig(name="r1", storage=str(tmp_path / "runs"), epochs=3, lr=0.05, baseline="unet")
+    keep_settings(first, str(tmp_path / "runs" / "r1"))
+    resumed = resumed_config(RetrainConfig, {"resume": "r1", "storage": "runs", "resume_override": {"max_failures": 4}})
+    assert (resumed.epochs, resumed.lr, resumed.baseline, resumed.max_failures) == (3, 0.05, "unet", 4)
+    with pytest.raises(ConfigError, match=r"--resume-override baseline: cannot change when resuming \(the checkpoints"):
+        resumed_config(RetrainConfig, {"resume": "runs/r1", "resume_override": {"baseline": "fcn"}})
+    with pytest.raises(ConfigError, match=r"lr: 0.05 -> 0.1"):
+        resumed_config(RetrainConfig, {"resume": "runs/r1", "lr": 0.1})
