@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from nasplat.tracking.uri import resolve_tracking_uri
-from nasplat.training.config import RESUME_FIELDS, ConfigError, ExperimentConfig
+from nasplat.training.config import ConfigError, ExperimentConfig
 from nasplat.training.storage import is_uri, read_bytes, resolve_storage, run_location, write_bytes
 
 CONFIG_FILE = "nasplat_config.json"
