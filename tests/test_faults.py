@@ -17,14 +17,14 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from nasplat.runtime.worker import count_start
+from nasplat.runtime.worker import STARTS_FOLDER, count_start
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--train-samples", "48", "--val-samples", "8", "--image-size", "32", "--batch-size", "2", "--workers", "2",
+TINY = ["--train-samples", "64", "--val-samples", "8", "--image-size", "32", "--batch-size", "2", "--workers", "2",
         "--space-option", "C=4", "--space-option", "layers=3", "--epochs", "2", "--seed", "3", "--max-failures", "2"]
-"""Epochs of a few seconds (12 bi-level steps per worker): long enough to kill a process inside one."""
+"""Epochs of a few seconds (8 bi-level steps of 2 images per worker): long enough to kill a process inside one."""
 
 
 # ----- the pieces, without Ray ------------------------------------------------------------------
@@ -170,6 +170,9 @@ def _worker_pid(folder: Path, rank: int, head_pid: int, deadline: float) -> int:
     """The process id of ``rank`` of the search's trial, from its MLflow tag, checked to be a Ray Train worker of
     the test's own Ray head (never another process on this machine)."""
     while time.monotonic() < deadline:
+        if not any(folder.glob(f"nasplat_runs/*/{STARTS_FOLDER}/*.json")):  # the workers have not started yet (the
+            time.sleep(0.2)                                                 # MLflow store may not exist yet either)
+            continue
         _, run = _trial_run(folder)
         pid = run and run.data.tags.get(f"{schema.WORKER_PID_TAG}.{rank}")
         if pid:
@@ -192,10 +195,11 @@ def test_a_search_survives_a_lost_worker_and_a_killed_driver(tmp_path, ray_head)
     plain = Search([*args, "--name", "plain"], tmp_path / "plain", env)
     hit = Search([*args, "--name", "hit"], tmp_path / "hit", env)
     try:
+        killed_pid = _worker_pid(hit.cwd, 1, head_pid, deadline)  # known before epoch 1 ends: no delay at the kill
         hit.wait_for("epoch 1/2", deadline)  # epoch 1 is checkpointed; the workers are in epoch 2
-        killed_pid = _worker_pid(hit.cwd, 1, head_pid, deadline)
-        os.kill(killed_pid, signal.SIGKILL)
+        os.kill(killed_pid, signal.SIGKILL)  # ProcessLookupError: the search ended before the kill
         killed_worker = time.monotonic()
+        first_epoch_s = killed_worker - started
         restarted = hit.wait_for("resumed from", deadline)
         restart_s = time.monotonic() - killed_worker
         os.kill(hit.process.pid, signal.SIGKILL)  # the driver, while the restarted workers compute epoch 2
@@ -207,12 +211,16 @@ def test_a_search_survives_a_lost_worker_and_a_killed_driver(tmp_path, ray_head)
     assert "epoch 2/2" not in killed_run, "the kills came too late: epoch 2 finished first"
     assert restarted.rstrip().endswith("at epoch 1"), restarted  # from the last checkpoint: epoch 1 is not redone
 
-    for changed, listed in ((["--resume", "hit", "--epochs", "3"], "epochs: 2 -> 3"),  # refused before Ray starts
-                            ([*args, "--name", "hit", "--w-lr", "0.1"], "w_lr: 0.025 -> 0.1")):
-        refused = subprocess.run([sys.executable, "-m", "pipelines.cli", "search", *changed], cwd=tmp_path / "hit",
-                                 env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2 and listed in refused.stderr, refused.stderr[-2000:]
-        assert "--resume-override KEY=VALUE" in refused.stderr
+    refusals_started = time.monotonic()
+    refusals = {listed: subprocess.Popen([sys.executable, "-m", "pipelines.cli", "search", *changed],
+                                         cwd=tmp_path / "hit", env={**env, "PYTHONPATH": str(ROOT)},
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for changed, listed in ((["--resume", "hit", "--epochs", "3"], "epochs: 2 -> 3"),
+                                        ([*args, "--name", "hit", "--w-lr", "0.1"], "w_lr: 0.025 -> 0.1"))}
+    for listed, refusal in refusals.items():  # both refused before Ray is joined, listing the change
+        _, err = refusal.communicate(timeout=120)
+        assert refusal.returncode == 2 and listed in err and "--resume-override KEY=VALUE" in err, err[-2000:]
+    refused_s = time.monotonic() - refusals_started
     resume_started = time.monotonic()
     resumed = Search(["--resume", "hit", "--resume-override", "max_failures=3"], tmp_path / "hit", env)
     resumed.wait_for("resumed from", deadline)
@@ -222,8 +230,10 @@ def test_a_search_survives_a_lost_worker_and_a_killed_driver(tmp_path, ray_head)
     plain_output = plain.finish(max(1.0, deadline - time.monotonic()))
     assert resumed.process.returncode == 0, resumed_output[-4000:]
     assert plain.process.returncode == 0, plain_output[-4000:]
-    print(f"\nworker lost -> workers restarted from the checkpoint: {restart_s:.1f} s; --resume -> training again: "
-          f"{back_s:.1f} s, -> finished: {resume_s:.1f} s; test: {time.monotonic() - started:.0f} s")
+    print(f"\nstart -> epoch 1 of the hit run: {first_epoch_s:.1f} s; worker lost -> workers restarted from the "
+          f"checkpoint: {restart_s:.1f} s; two refused commands: {refused_s:.1f} s; "
+          f"--resume -> training again: {back_s:.1f} s, -> finished: {resume_s:.1f} s; test: "
+          f"{time.monotonic() - started:.0f} s")
 
     assert "resuming the search stored in" in resumed_output and "at epoch 1" in resumed_output
     progress = [line for line in (killed_run + resumed_output).splitlines() if "[nasplat] trial" in line]
