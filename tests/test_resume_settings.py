@@ -178,3 +178,11 @@ def test_a_retrain_run_resumes_the_same_way(tmp_path, monkeypatch):
         resumed_config(RetrainConfig, {"resume": "runs/r1", "resume_override": {"baseline": "fcn"}})
     with pytest.raises(ConfigError, match=r"lr: 0.05 -> 0.1"):
         resumed_config(RetrainConfig, {"resume": "runs/r1", "lr": 0.1})
+
+
+def test_resume_override_without_resume_is_refused(capsys):
+    with pytest.raises(ConfigError, match=r"'resume_override' \(epochs\) changes a stopped run's settings: give "
+                                          r"--resume RUN"):
+        SearchConfig(resume_override={"epochs": 3})
+    assert main(["search", "--resume-override", "epochs=3", "--print-config"]) == 2
+    assert "give --resume RUN with it" in capsys.readouterr().err

@@ -163,6 +163,10 @@ class ExperimentConfig(ConfigRecord):
             raise ConfigError(f"config field 'resume' must be a run name, run folder or MLflow run id, "
                               f"got {self.resume!r}")
         self.require_mapping("resume_override")
+        if self.resume_override and not self.resume:
+            raise ConfigError(f"config field 'resume_override' ({', '.join(sorted(self.resume_override))}) changes "
+                              "a stopped run's settings: give --resume RUN with it, or set the options directly "
+                              "for a new run")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
