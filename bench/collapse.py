@@ -46,6 +46,10 @@ CANDIDATES: dict[str, dict] = {
     "entropy_lr3e-2": {"remedy": ["entropy"], "arch_lr": 3e-2},
     "sdarts+entropy_lr3e-2": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2},
     "beta+entropy_lr3e-2": {"remedy": ["beta_decay", "entropy"], "arch_lr": 3e-2},
+    "sdarts_eps2+entropy_lr3e-2": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2,
+                                   "remedy_options": {"epsilon_min": 0.2, "epsilon_max": 2.0}},
+    "entropy_lr3e-2_warmup3": {"remedy": ["entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
+    "sdarts+entropy_lr3e-2_warmup3": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
     "default": {},
 }
 """Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today)."""
@@ -69,14 +73,16 @@ def _worker(rank: int, config: dict, port: int, out: str) -> None:
             epochs.append({"epoch": search.epoch, "arch_entropy": search.arch_entropy(),
                            "hash": genotype.short_hash(), "skip_normal": _skip_count(genotype.to_dict()),
                            "val_miou": float(evaluation["val_miou"]), "epoch_time_s": train["epoch_time_s"],
+                           "normal": genotype.to_dict().get("normal"),
                            **{k: v for k, v in train.items() if k.startswith("remedy_")}})
             if rank == 0:
                 print(f"  epoch {search.epoch}: entropy {epochs[-1]['arch_entropy']:.4f} genotype {genotype.short_hash()} "
                       f"skip {epochs[-1]['skip_normal']} mIoU {epochs[-1]['val_miou']:.4f} "
                       f"({train['epoch_time_s']:.0f}s)", file=sys.stderr, flush=True)
         if rank == 0:
+            distributions = {k: v.tolist() for k, v in search.model.arch_distributions().items()}
             Path(out).write_text(json.dumps({"epochs": epochs, "genotype": genotype.to_dict(),
-                                             "ops": len(search.space.ops)}))
+                                             "ops": len(search.space.ops), "distributions": distributions}))
     finally:
         dist.destroy_process_group()
 

@@ -3,19 +3,23 @@
 They act on the architecture tensors only (each tensor's last dimension = one choice, as ``softmax(alpha, -1)``),
 never on a space's internals, in two places of the bi-level step (:class:`nasplat.BilevelOptimizer`):
 
-- **the weight step**: ``sdarts`` (SDARTS-RS, Chen & Hsieh 2020, arXiv 2002.05283) adds uniform noise
-  ``U(-eps, eps)`` to the architecture while the weights' gradient is taken, then restores it, so the weights are
-  trained for a neighbourhood of the architecture (the paper's random smoothing). ``eps`` rises linearly with the
-  epoch, ``eps_min + (eps_max - eps_min) * epoch / epochs`` (0.03 to 0.3 in the authors' code). The paper perturbs
-  the softmaxed weights inside the DARTS cell; a space here normalises its own tensors, so the noise goes on the
-  tensors themselves (for a row near uniform, logit noise ``eps`` moves each weight by about ``eps`` of itself).
+- **the weight step**: ``sdarts`` (SDARTS-RS, Chen & Hsieh 2020, arXiv 2002.05283, Algorithm 1: the weights
+  descend ``L_train(w, A + delta)`` with ``delta ~ U[-eps, eps]`` drawn anew at every step) adds that noise to the
+  architecture while the weights' gradient is taken, then restores it exactly, so the weights are trained for a
+  neighbourhood of the architecture and the arch step never sees the noise. ``eps`` rises linearly with the epoch
+  (0-based), ``eps_min + (eps_max - eps_min) * epoch / epochs``, as the authors' code (0.03 to 0.3). The paper
+  perturbs the softmaxed weights inside the DARTS cell; a space here normalises its own tensors, so the noise goes
+  on the tensors themselves (for a row near uniform, logit noise ``eps`` moves each weight by about ``eps`` of
+  itself, a milder perturbation than the paper's).
 - **the architecture loss**, a penalty added to the validation loss:
-  ``beta_decay`` (beta-DARTS, Ye et al. 2022, arXiv 2203.01665): the mean over rows of ``logsumexp(alpha_row)``,
-  whose gradient is the row's softmax, weighted by ``beta_weight * epoch / epochs`` (the authors' code:
-  ``50 * epoch / 100``); ``entropy``: the mean entropy of the rows' softmax, weighted by a weight that is 0 until
-  the fraction ``entropy_start`` of the search and then rises linearly to ``entropy_weight`` at its last epoch,
-  which drives each row to a decision as the temperature annealing of SNAS (Xie et al. 2019, arXiv 1812.09926)
-  and the entropy loss of DA2S (Tian et al. 2020, arXiv 2007.03154) do.
+  ``beta_decay`` (beta-DARTS, Ye et al. 2022, arXiv 2203.01665): the paper's regulariser
+  ``L_beta = log sum_k exp(alpha_k)`` of each edge's arch parameters, averaged over edges (rows) as the authors'
+  code, whose gradient is the row's softmax, weighted by ``beta_weight * epoch / epochs``: the linearly increasing
+  weight of the authors' code, ``50 * epoch / 100``, as a fraction of the search (the same for a 100-epoch search;
+  their 50-epoch DARTS search ends at 24.5). ``entropy``: the mean entropy of the rows' softmax, weighted by a
+  weight that is 0 until the fraction ``entropy_start`` of the search and then rises linearly to
+  ``entropy_weight`` at its last epoch, which drives each row to a decision as the temperature annealing of SNAS
+  (Xie et al. 2019, arXiv 1812.09926) and the entropy loss of DA2S (Tian et al. 2020, arXiv 2007.03154) do.
 
 Every tensor counts each of its rows (all but the last dimension) once; rows of one choice are skipped.
 """
