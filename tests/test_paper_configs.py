@@ -23,6 +23,7 @@ def test_autodeeplab_paper_config_has_the_papers_search_settings():
     assert (config.w_lr, config.w_lr_min, config.w_momentum, config.w_weight_decay) == pytest.approx(
         (0.025, 0.001, 0.9, 3e-4))
     assert (config.arch_lr, config.arch_weight_decay) == pytest.approx((3e-3, 1e-3))
+    assert config.remedy == ["none"]  # the paper has no collapse remedy; the default search does
     # the option names are the supernet's: F filters, L layers, B blocks
     bound = inspect.signature(AutoDeepLabSupernet).bind(19, **config.space_options)
     assert (bound.arguments["F"], bound.arguments["L"], bound.arguments["B"]) == (8, 12, 5)

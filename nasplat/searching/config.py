@@ -26,8 +26,8 @@ class SearchConfig(ExperimentConfig):
     w_momentum: float = option(0.9, "weight SGD momentum")
     w_weight_decay: float = option(3e-4, "weight SGD weight decay")
     grad_clip: float = option(5.0, "weight gradient norm clip")
-    arch_lr: float = option(3e-3, "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short "
-                            "default search uses Auto-DeepLab's 3e-3)")
+    arch_lr: float = option(3e-2, "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short "
+                            "default search takes ~120 steps: at 3e-3 alpha barely moves, docs/collapse.md)")
     arch_weight_decay: float = option(1e-3, "architecture Adam weight decay (DARTS: 1e-3)")
     arch_beta1: float = option(0.5, "architecture Adam beta1 (DARTS: 0.5)")
     arch_beta2: float = option(0.999, "architecture Adam beta2")
@@ -42,7 +42,7 @@ class SearchConfig(ExperimentConfig):
                                       "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
                                       "ada_factor, ada_max_weight_decay, extra_rollback, hessian_weight_decay, "
                                       "decide_on_final_epoch)")
-    remedy: list = option(["none"], "collapse remedies, any space (docs/collapse.md): sdarts (SDARTS-RS noise on the "
+    remedy: list = option(["entropy"], "collapse remedies, any space (docs/collapse.md): sdarts (SDARTS-RS noise on the "
                           "architecture in the weight step), beta_decay (beta-DARTS regulariser), entropy (annealed "
                           "entropy penalty: the search ends decided), or none", choices=REMEDY_CHOICES)
     remedy_options: dict = option({}, "remedy settings as KEY=VALUE, repeatable (sdarts: epsilon_min, epsilon_max; "
