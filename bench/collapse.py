@@ -39,7 +39,7 @@ from nasplat.searching.loop import SupernetSearch  # noqa: E402
 
 WORKERS = 2
 CANDIDATES: dict[str, dict] = {
-    "none": {"remedy": ["none"]},
+    "former_default": {"remedy": ["none"], "arch_lr": 3e-3},
     "none_lr3e-2": {"remedy": ["none"], "arch_lr": 3e-2},
     "sdarts_lr3e-2": {"remedy": ["sdarts"], "arch_lr": 3e-2},
     "beta_lr3e-2": {"remedy": ["beta_decay"], "arch_lr": 3e-2},
@@ -52,7 +52,8 @@ CANDIDATES: dict[str, dict] = {
     "sdarts+entropy_lr3e-2_warmup3": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
     "default": {},
 }
-"""Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today)."""
+"""Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today: ``--remedy
+entropy``, arch lr 3e-2, the same as ``entropy_lr3e-2``; ``former_default``: no remedy, arch lr 3e-3)."""
 
 
 def _skip_count(genotype: dict) -> int:
