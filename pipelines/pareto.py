@@ -85,15 +85,16 @@ def draw(points: Sequence[Point], cost: str, path: str | Path, title: str) -> Pa
         axes.annotate(p.label, (p.cost, p.miou), textcoords="offset points", xytext=(4, 4), fontsize=7)
     costs = [p.cost for p in points if p.cost > 0]
     if costs and max(costs) > 20 * min(costs):
-        axes.set_xscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-        axes.xaxis.set_major_formatter(plain)
-        axes.xaxis.set_minor_formatter(plain)
+        axes.set_xscale("log")  # ticks at 1, 2 and 5 per decade, plain numbers; minor ticks unlabelled (they crowd)
+        axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     axes.set_xlabel(COSTS[cost][1])
     axes.set_ylabel("validation mIoU")
     axes.set_title(title, fontsize=10)
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)  # where it hides the fewest points
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
