@@ -158,7 +158,7 @@ def points_table(args: argparse.Namespace, labels: dict[str, str]) -> str:
     fronts = {cost: {p.run_id for p in pareto_front(list(points.values()))} for cost, points in by_cost.items()}
     lines = ["| source | model | val mIoU | GFLOPs | latency (ms) | params | on front (GFLOPs / latency) |",
              "|---|---|---:|---:|---:|---:|---|"]
-    for point in sorted(by_cost["gflops"].values(), key=lambda p: p.cost):
+    for point in sorted(by_cost["gflops"].values(), key=lambda p: (p.cost, -p.miou)):
         latency, params = by_cost["latency"].get(point.run_id), by_cost["params"].get(point.run_id)
         front = " / ".join("yes" if point.run_id in fronts[c] else "no" for c in ("gflops", "latency"))
         lines.append(f"| {labels.get(point.run_id, point.label)} | `{point.label}` | {point.miou:.3f} | "
