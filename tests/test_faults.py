@@ -162,6 +162,8 @@ def _kill_group(pid: int) -> None:
 def _trial_run(folder: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("nasplat-search")
+    if experiment is None:  # not visible to this reader yet: the caller asks again
+        return client, None
     runs = client.search_runs([experiment.experiment_id], f"tags.`{schema.KIND_TAG}` = '{schema.SEARCH_TRIAL}'")
     return client, runs[0] if runs else None
 
