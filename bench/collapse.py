@@ -48,6 +48,7 @@ CANDIDATES: dict[str, dict] = {
     "beta+entropy_lr3e-2": {"remedy": ["beta_decay", "entropy"], "arch_lr": 3e-2},
     "sdarts_eps2+entropy_lr3e-2": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2,
                                    "remedy_options": {"epsilon_min": 0.2, "epsilon_max": 2.0}},
+    "entropy_w3_lr3e-2": {"remedy": ["entropy"], "arch_lr": 3e-2, "remedy_options": {"entropy_weight": 3.0}},
     "entropy_lr3e-2_warmup3": {"remedy": ["entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
     "sdarts+entropy_lr3e-2_warmup3": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
     "default": {},
