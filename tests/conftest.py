@@ -1,6 +1,8 @@
 """Shared test set-up."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,15 @@ def _one_torch_thread_and_seed():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_tracking_uri_across_modules():
+    """Module fixtures run before the per-test clean-up below: a module whose fixture calls
+    ``mlflow.set_tracking_uri`` (it sets MLFLOW_TRACKING_URI too) must not hand its store to the next module's."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(autouse=True)

@@ -81,10 +81,16 @@ with --address: one Ray start for every search here, and a driver killed with SI
 cluster's driver would."""
 
 
+OUTSIDE_SETTINGS = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")
+"""Left out of the commands' environment: a module fixture is set up before the per-test clean-up
+(conftest.py), and an earlier module's ``mlflow.set_tracking_uri`` leaves MLFLOW_TRACKING_URI set, which would
+send the searches' records to that module's store."""
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """``(pid, address, environment)`` of the head; the environment holds its token (Ray's token authentication)."""
-    env = {**{key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"},
+    env = {**{key: value for key, value in os.environ.items() if key not in OUTSIDE_SETTINGS},
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             start_new_session=True, env=env)
@@ -168,10 +174,14 @@ def _trial_run(folder: Path):
     return client, runs[0] if runs else None
 
 
-def _worker_pid(folder: Path, rank: int, head_pid: int, deadline: float) -> int:
+def _worker_pid(search: Search, rank: int, head_pid: int, deadline: float) -> int:
     """The process id of ``rank`` of the search's trial, from its MLflow tag, checked to be a Ray Train worker of
     the test's own Ray head (never another process on this machine)."""
+    folder = search.cwd
     while time.monotonic() < deadline:
+        if search.process.poll() is not None:
+            raise AssertionError(f"the search ended (exit {search.process.returncode}) before its trial run in "
+                                 f"{folder / 'mlflow.db'} showed {schema.WORKER_PID_TAG}.{rank}")
         if not any(folder.glob(f"nasplat_runs/*/{STARTS_FOLDER}/*.json")):  # the workers have not started yet (the
             time.sleep(0.2)                                                 # MLflow store may not exist yet either)
             continue
@@ -197,7 +207,7 @@ def test_a_search_survives_a_lost_worker_and_a_killed_driver(tmp_path, ray_head)
     plain = Search([*args, "--name", "plain"], tmp_path / "plain", env)
     hit = Search([*args, "--name", "hit"], tmp_path / "hit", env)
     try:
-        killed_pid = _worker_pid(hit.cwd, 1, head_pid, deadline)  # known before epoch 1 ends: no delay at the kill
+        killed_pid = _worker_pid(hit, 1, head_pid, deadline)  # known before epoch 1 ends: no delay at the kill
         hit.wait_for("epoch 1/2", deadline)  # epoch 1 is checkpointed; the workers are in epoch 2
         os.kill(killed_pid, signal.SIGKILL)  # ProcessLookupError: the search ended before the kill
         killed_worker = time.monotonic()
