@@ -58,11 +58,12 @@ class Remedies:
 
     def __init__(self, options: Mapping[str, Mapping[str, float]]) -> None:
         self.options = {name: dict(values) for name, values in options.items()}
-        self.epoch, self.epochs = 0, 1
+        self.set_epoch(0, 1)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        """The 0-based epoch about to be trained, of ``epochs``."""
+        """The 0-based epoch about to be trained, of ``epochs``; fixes the epoch's schedule (once, not per step)."""
         self.epoch, self.epochs = epoch, epochs
+        self._schedule = self._epoch_schedule()
 
     @property
     def progress(self) -> float:
@@ -70,6 +71,9 @@ class Remedies:
 
     def schedule(self) -> dict[str, float]:
         """This epoch's noise bound and penalty weights, by metric name (``remedy_*``)."""
+        return dict(self._schedule)
+
+    def _epoch_schedule(self) -> dict[str, float]:
         values = {}
         if "sdarts" in self.options:
             low, high = self.options["sdarts"]["epsilon_min"], self.options["sdarts"]["epsilon_max"]
@@ -84,7 +88,7 @@ class Remedies:
 
     def penalty(self, arch: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """The weighted penalty of this epoch added to the architecture loss (None without one)."""
-        weights = self.schedule()
+        weights = self._schedule
         terms = []
         if weights.get("remedy_beta_weight"):
             terms.append(weights["remedy_beta_weight"] * beta_decay_loss(arch))
@@ -104,7 +108,7 @@ class Remedies:
     @contextlib.contextmanager
     def perturbed(self, arch: Sequence[torch.Tensor]) -> Iterator[None]:
         """Inside, ``arch`` holds SDARTS noise ``U(-eps, eps)`` (if chosen); on exit its values are restored exactly."""
-        epsilon = self.schedule().get("remedy_epsilon", 0.0)
+        epsilon = self._schedule.get("remedy_epsilon", 0.0)
         if epsilon <= 0:
             yield
             return
