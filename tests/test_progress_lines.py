@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from nasplat.runtime import progress
-from nasplat.runtime.progress import TrialProgress, error_summary, format_duration
-from nasplat.training.heartbeat import EpochHeartbeat
+from nasplat.runtime.progress import TrialProgress, error_summary
+from nasplat.training.heartbeat import EpochHeartbeat, format_duration
 
 
 class Clock:

@@ -8,6 +8,7 @@ from typing import Any
 from ray import tune
 
 from nasplat.runtime.worker import FAILED_KEY, REASON_KEY
+from nasplat.training.heartbeat import format_duration
 from nasplat.tracking.schema import FAILURE_REASON_TAG
 
 _TRIALS_ENDED: dict[str, set[str]] = {}
@@ -19,16 +20,6 @@ its first report says), for the ETA."""
 
 Column = tuple[str, str]
 """(result key, template): ``("val_miou", "val_mIoU {:.4f}")`` prints ``val_mIoU 0.4321``."""
-
-
-def format_duration(seconds: float) -> str:
-    """``42s``, ``3m07s`` or ``2h05m``."""
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def error_summary(error: BaseException | None, limit: int = 300) -> str:

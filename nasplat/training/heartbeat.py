@@ -8,9 +8,14 @@ HEARTBEAT_S = 30.0
 """Seconds of wall time between two lines within one epoch."""
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m07s`` or ``2h05m``."""
     seconds = max(0, int(round(seconds)))
-    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class EpochHeartbeat:
@@ -36,9 +41,9 @@ class EpochHeartbeat:
         elapsed = now - self.started
         if self.total_steps:
             left = elapsed / steps_done * (self.total_steps - steps_done)
-            line = (f"[nasplat] {self.label}: step {steps_done}/{self.total_steps} after {_duration(elapsed)}, "
-                    f"about {_duration(left)} left in this epoch")
+            line = (f"[nasplat] {self.label}: step {steps_done}/{self.total_steps} after {format_duration(elapsed)}, "
+                    f"about {format_duration(left)} left in this epoch")
         else:
-            line = f"[nasplat] {self.label}: step {steps_done} after {_duration(elapsed)}"
+            line = f"[nasplat] {self.label}: step {steps_done} after {format_duration(elapsed)}"
         print(line, flush=True)
         return line
