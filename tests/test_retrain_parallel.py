@@ -46,7 +46,7 @@ def test_ddp_and_the_explicit_all_reduce_train_the_same_weights(tmp_path):
         torch.testing.assert_close(value, ranks[1]["on"]["params"][name], rtol=0, atol=1e-6, msg=name)
 
 
-def test_ddp_is_chosen_on_gpus_or_when_asked_and_never_for_one_worker():
+def test_a_single_worker_never_wraps_its_network_in_ddp():
     assert not uses_ddp("on", torch.device("cpu"))  # no process group here: a single worker
     assert not uses_ddp("auto", torch.device("cpu"))
 
