@@ -115,8 +115,9 @@ class FlagSpec:
 
     def all_mapping_flags(self) -> dict[str, str]:
         """``mapping_flags``, plus ``--field-name`` for every other mapping field (``--resume-override``)."""
+        defaults = self.config_type()
         return {**{f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(self.config_type)
-                   if isinstance(getattr(self.config_type(), f.name), dict)}, **self.mapping_flags}
+                   if isinstance(getattr(defaults, f.name), dict)}, **self.mapping_flags}
 
     def add_arguments(self, parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
         """``--config FILE`` plus one flag per field; absent flags leave no attribute (the file or default wins)."""
