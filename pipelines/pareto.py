@@ -112,12 +112,11 @@ def points_record(points: Sequence[Point], cost: str, experiments: Sequence[str]
 
 def log_plot(client, experiment_id: str, experiments: Sequence[str], picture: Path, record: dict) -> str:
     """Log the picture and its points to the ``compare`` run of these experiments (made on first use); its id."""
+    from nasplat.tracking.runs import find_run
+
     names = ",".join(experiments)
-    found = client.search_runs([experiment_id], max_results=1, filter_string=(
-        f"tags.`{schema.KIND_TAG}` = '{schema.COMPARE}' and tags.`{EXPERIMENTS_TAG}` = '{names}'"))
-    if found:
-        run_id = found[0].info.run_id
-    else:
+    run_id = find_run(client, experiment_id, {schema.KIND_TAG: schema.COMPARE, EXPERIMENTS_TAG: names})
+    if run_id is None:
         run_id = client.create_run(experiment_id, run_name="compare-pareto", tags={
             schema.KIND_TAG: schema.COMPARE, EXPERIMENTS_TAG: names}).info.run_id
         client.set_terminated(run_id)
