@@ -224,11 +224,12 @@ def sort_rows(rows: Iterable[dict[str, Any]], column: str = "best_miou", ascendi
 
 
 def search_rows(
-    tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, sort: str = "best_miou",
-    ascending: bool = False, limit: int | None = None,
+    tracking_uri: str | None = None, experiment: str | Sequence[str] | None = DEFAULT_EXPERIMENT,
+    sort: str = "best_miou", ascending: bool = False, limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per search or retrain (parent run) in ``experiment``; raises ``CompareError`` for a missing
-    store or experiment. A search row's params and GFLOPs are its supernet's; a retrain row's, its network's."""
+    """One dict per search or retrain (parent run) in ``experiment``: a name, several, or None for those of
+    ``DEFAULT_EXPERIMENTS`` the store holds. Raises ``CompareError`` for a missing store or experiment. A search
+    row's params and GFLOPs are its supernet's; a retrain row's, its network's."""
     if limit is not None and limit < 0:
         raise CompareError(f"--limit must be >= 0, got {limit}")
     sort_key_name(sort)  # a bad column fails before the store is read
@@ -236,26 +237,45 @@ def search_rows(
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            names = sorted(e.name for e in client.search_experiments())
-            raise CompareError(
-                f"no experiment {experiment!r} in {uri}; existing experiments: "
-                + (", ".join(repr(n) for n in names) if names else "none")
-            )
-        def of_kind(*kinds: str) -> list:  # MLflow's filter has no IN for tags
-            return [run for kind in kinds for run in _all_runs(client, found.experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
-
-        parents = of_kind("search", "retrain")
-        trials = of_kind("search-trial", "retrain-trial") if parents else []
-        children: dict[str, list] = {}
-        for trial in trials:
-            children.setdefault(trial.data.tags.get(PARENT_TAG, ""), []).append(trial)
-        rows = [_row(client, p, children.get(p.info.run_id, [])) for p in parents]
+        if experiment is None:
+            names = _existing_experiments(client, uri, DEFAULT_EXPERIMENTS)
+        else:
+            names = [experiment] if isinstance(experiment, str) else list(experiment)
+        rows = [row for name in names for row in _experiment_rows(client, uri, name)]
     except MlflowException as err:
         raise CompareError(f"cannot read the MLflow store {uri}: {err.message}") from err
     rows = sort_rows(rows, sort, ascending)
     return rows[:limit] if limit is not None else rows
+
+
+def _existing_experiments(client, uri: str, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` the store holds; CompareError listing the store's experiments when it holds none."""
+    present = {e.name for e in client.search_experiments()}
+    found = [name for name in names if name in present]
+    if not found:
+        raise CompareError(f"none of the experiments {', '.join(repr(n) for n in names)} is in {uri}; existing "
+                           "experiments: " + (", ".join(repr(n) for n in sorted(present)) or "none"))
+    return found
+
+
+def _experiment_rows(client, uri: str, experiment: str) -> list[dict[str, Any]]:
+    """The rows of one experiment, unsorted."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no experiment {experiment!r} in {uri}; existing experiments: "
+                           + (", ".join(repr(n) for n in names) if names else "none"))
+
+    def of_kind(*kinds: str) -> list:  # MLflow's filter has no IN for tags
+        return [run for kind in kinds
+                for run in _all_runs(client, found.experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
+
+    parents = of_kind("search", "retrain")
+    trials = of_kind("search-trial", "retrain-trial") if parents else []
+    children: dict[str, list] = {}
+    for trial in trials:
+        children.setdefault(trial.data.tags.get(PARENT_TAG, ""), []).append(trial)
+    return [_row(client, p, children.get(p.info.run_id, [])) for p in parents]
 
 
 # ---------------------------------------------------------------------------------------- formatting
@@ -327,29 +347,16 @@ def format_rows(rows: Sequence[dict[str, Any]], fmt: str = "table") -> str:
     raise CompareError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def existing_experiments(tracking_uri: str | None, names: Sequence[str]) -> list[str]:
-    """Those of ``names`` the store holds; CompareError listing the store's experiments when it holds none."""
-    client, uri = open_store(tracking_uri)
-    present = {e.name for e in client.search_experiments()}
-    found = [name for name in names if name in present]
-    if not found:
-        raise CompareError(f"none of the experiments {', '.join(repr(n) for n in names)} is in {uri}; existing "
-                           "experiments: " + (", ".join(repr(n) for n in sorted(present)) or "none"))
-    return found
-
-
 def run_compare(args: argparse.Namespace) -> int:
     """The table of ``--experiment`` (repeatable; default: the searches, retrains and baselines); the exit status."""
     try:
-        experiments = args.experiment or existing_experiments(args.tracking_uri, DEFAULT_EXPERIMENTS)
-        rows = [row for name in experiments for row in search_rows(args.tracking_uri, name, args.sort, args.ascending,
-                                                                     args.limit)]
-        rows = sort_rows(rows, args.sort, args.ascending)[:args.limit]
+        rows = search_rows(args.tracking_uri, args.experiment, args.sort, args.ascending, args.limit)
     except CompareError as err:
         print(f"nasplat: error: {err}", file=sys.stderr)
         return 2
     if not rows:
-        message = f"no search or retrain runs in experiment {', '.join(repr(name) for name in experiments)}"
+        shown = ", ".join(repr(name) for name in args.experiment or DEFAULT_EXPERIMENTS)
+        message = f"no search or retrain runs in experiment {shown}"
         if args.format == "table":
             print(message)
             return 0
