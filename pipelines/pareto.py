@@ -46,11 +46,13 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
 
 def model_points(client, experiment_ids: Sequence[str], cost: str) -> list[Point]:
     """Every retrain parent run and evaluate run of the experiments that has ``val_miou`` and the cost metric."""
+    from pipelines.compare import _all_runs
+
     metric = COSTS[cost][0]
     points = []
     for kind in (schema.RETRAIN, schema.EVALUATE):
-        runs = client.search_runs(list(experiment_ids), filter_string=f"tags.`{schema.KIND_TAG}` = '{kind}'",
-                                  max_results=5000)
+        runs = [run for experiment_id in experiment_ids
+                for run in _all_runs(client, experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
         for run in runs:
             metrics, tags = run.data.metrics, run.data.tags
             if schema.MIOU_METRIC in metrics and metric in metrics:
