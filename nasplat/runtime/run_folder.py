@@ -71,13 +71,11 @@ def keep_settings(config: ExperimentConfig, run_dir: str) -> dict[str, Any]:
     if recorded is None:
         _write_json(location, current)
         return {}
-    defaults = type(config)().settings()
-    changed = sorted(key for key in set(recorded) | set(current)
-                     if recorded.get(key, defaults.get(key)) != current.get(key))
+    changed = _differences(recorded, current, set(recorded) | set(current), type(config)().settings())
     allowed = {*config.resume_override, "storage"} if config.resume else set()
-    refused = [key for key in changed if key not in allowed]
+    refused = {key: change for key, change in changed.items() if key not in allowed}
     if refused:
-        listed = "; ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in refused)
+        listed = _listed(refused)
         raise ConfigError(f"run {config.name!r} in {run_dir} was started with other settings ({listed}); resume it "
                           f"with --resume {config.name} (its stored settings, plus --resume-override KEY=VALUE for "
                           "each one to change), or start a new run with another --name")
@@ -87,6 +85,18 @@ def keep_settings(config: ExperimentConfig, run_dir: str) -> dict[str, Any]:
         _write_json(f"{run_dir}/{OVERRIDES_FILE}", overrides)
         _write_json(location, current)
     return overrides
+
+
+def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any], keys: set[str],
+                 defaults: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``key -> (recorded, current)`` for each of ``keys`` whose values differ; a setting the run folder does not
+    record (added to nasplat after the run started) counts as its default."""
+    return {key: (recorded.get(key, defaults.get(key)), current.get(key, defaults.get(key)))
+            for key in sorted(keys) if recorded.get(key, defaults.get(key)) != current.get(key, defaults.get(key))}
+
+
+def _listed(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
 
 
 def resumed_config(config_type: type[_Config], given: Mapping[str, Any]) -> _Config:
@@ -107,12 +117,11 @@ def resumed_config(config_type: type[_Config], given: Mapping[str, Any]) -> _Con
     if run_location(str(recorded.get("storage")), str(recorded.get("name"))) != run_dir:
         recorded["storage"] = storage  # the folder was moved: the run goes on where it is now
     given = absolute_locations(given)
-    changed = [key for key in given if key not in overrides and given[key] != recorded.get(key, defaults.get(key))]
+    changed = _differences(recorded, given, set(given) - set(overrides), defaults)
     if changed:
-        listed = "; ".join(f"{key}: {recorded.get(key, defaults.get(key))!r} -> {given[key]!r}" for key in changed)
         raise ConfigError(
             f"--resume {reference}: run {recorded.get('name')!r} ({run_dir}) was started with other settings "
-            f"({listed}); leave those options out to resume with the stored ones, or name each with "
+            f"({_listed(changed)}); leave those options out to resume with the stored ones, or name each with "
             f"--resume-override KEY=VALUE to change it"
         )
     values = {**recorded, **absolute_locations(overrides), "resume": reference, "resume_override": overrides}
