@@ -121,6 +121,7 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     overrides = keep_settings(config, run_dir)
     log(f"MLflow tracking store: {mask_credentials(config.tracking_uri)}")
     log(f"run directory (checkpoints): {run_dir}")
+    os.environ.update(QUIET_TUNE)
     started_ray = start_ray(config.address, config.trials)
     try:
         plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker,
@@ -154,7 +155,6 @@ def _tuner(experiment: Experiment, param_space: dict[str, Any], driver: dict[str
     """A new Tuner, or the stored one of the same run name (resume), whose trials get ``overrides`` on top of the
     configs Tune stored for them."""
     config = experiment.config
-    os.environ.update(QUIET_TUNE)
     trainable = tune.with_resources(_with_overrides(experiment.trainable, overrides), driver)
     if tune.Tuner.can_restore(run_dir):
         log(f"resuming the {experiment.kind} stored in {run_dir}")
