@@ -39,7 +39,7 @@ class DartsCostModel(CostModel):
                  build_options: Mapping[str, Any]) -> None:
         super().__init__(build_options)
         self.cells, self.ops, self.num_nodes = list(cells), tuple(ops), num_nodes
-        self._matrices: tuple[Mapping[OpShape, float], dict[str, torch.Tensor]] | None = None
+        self._matrices: tuple[Mapping[OpShape, float], torch.device, dict[str, torch.Tensor]] | None = None
 
     def _grids(self, reduction: bool) -> list[list[list[OpShape | None]]]:
         return [cell_op_shapes(self.ops, self.num_nodes, channels, size, 2 if red else 1)
@@ -50,18 +50,18 @@ class DartsCostModel(CostModel):
                  for shape in row if shape is not None}
         return sorted(found)
 
-    def _cost_matrices(self, costs: Mapping[OpShape, float]) -> dict[str, torch.Tensor]:
-        """Alpha name -> its ``[edge, op]`` cost matrix under ``costs``; built once per table (``expected`` runs
-        every architecture step with the same table)."""
-        if self._matrices is None or self._matrices[0] is not costs:
-            matrices = {name: cost_matrix(grids, costs) for name, reduction in (("normal", False), ("reduce", True))
-                        if (grids := self._grids(reduction))}
-            self._matrices = (costs, matrices)
-        return self._matrices[1]
+    def _cost_matrices(self, costs: Mapping[OpShape, float], device: torch.device) -> dict[str, torch.Tensor]:
+        """Alpha name -> its ``[edge, op]`` cost matrix under ``costs`` on ``device``; built once per table
+        (``expected`` runs every architecture step with the same table)."""
+        if self._matrices is None or self._matrices[0] is not costs or self._matrices[1] != device:
+            matrices = {name: cost_matrix(grids, costs).to(device)
+                        for name, reduction in (("normal", False), ("reduce", True)) if (grids := self._grids(reduction))}
+            self._matrices = (costs, device, matrices)
+        return self._matrices[2]
 
     def expected(self, arch: Mapping[str, torch.Tensor], costs: Mapping[OpShape, float]) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64, device=arch["normal"].device)
-        for name, matrix in self._cost_matrices(costs).items():
+        for name, matrix in self._cost_matrices(costs, total.device).items():
             total = total + expected_cell_cost(arch[name], matrix, self.ops, self.num_nodes)
         return total
 

@@ -36,7 +36,7 @@ class AutoDeepLabCostModel(CostModel):
         self.sizes = level_sizes((stem, stem))
         self.ops, self.F, self.L, self.B = tuple(ops), F, L, B
         self.moves = [(s, t) for s in range(NUM_LEVELS) for t in (s - 1, s, s + 1) if 0 <= t < NUM_LEVELS]
-        self._matrices: tuple[Mapping[OpShape, float], dict[Move, torch.Tensor]] | None = None
+        self._matrices: tuple[Mapping[OpShape, float], torch.device, dict[Move, torch.Tensor]] | None = None
 
     def _cell_input(self, move: Move) -> tuple[int, tuple[int, int], int]:
         """(channels, input size, input stride) of the cell that ``move`` enters."""
@@ -52,17 +52,18 @@ class AutoDeepLabCostModel(CostModel):
     def op_shapes(self) -> list[OpShape]:
         return sorted({shape for move in self.moves for row in self._grid(move) for shape in row if shape is not None})
 
-    def _cost_matrices(self, costs: Mapping[OpShape, float]) -> dict[Move, torch.Tensor]:
-        """Move -> the ``[edge, op]`` cost matrix of the cell it enters under ``costs``; built once per table
-        (``expected`` runs every architecture step with the same table)."""
-        if self._matrices is None or self._matrices[0] is not costs:
-            self._matrices = (costs, {move: cost_matrix([self._grid(move)], costs) for move in self.moves})
-        return self._matrices[1]
+    def _cost_matrices(self, costs: Mapping[OpShape, float], device: torch.device) -> dict[Move, torch.Tensor]:
+        """Move -> the ``[edge, op]`` cost matrix of the cell it enters under ``costs``, on ``device``; built once per
+        table (``expected`` runs every architecture step with the same table)."""
+        if self._matrices is None or self._matrices[0] is not costs or self._matrices[1] != device:
+            self._matrices = (costs, device,
+                              {move: cost_matrix([self._grid(move)], costs).to(device) for move in self.moves})
+        return self._matrices[2]
 
     def expected(self, arch: Mapping[str, torch.Tensor], costs: Mapping[OpShape, float]) -> torch.Tensor:
         alpha, beta = arch["alpha"], arch["beta"]
         cell = {move: expected_cell_cost(alpha, matrix, self.ops, self.B)
-                for move, matrix in self._cost_matrices(costs).items()}
+                for move, matrix in self._cost_matrices(costs, alpha.device).items()}
         moves = normalized_beta(beta.double(), "paper")  # [L, 4, 3]: k = 0 finer, 1 same, 2 coarser
         reach = [torch.ones((), dtype=torch.float64, device=beta.device)] + [None] * (NUM_LEVELS - 1)  # the stem
         total = torch.zeros((), dtype=torch.float64, device=beta.device)
