@@ -54,8 +54,8 @@ class DartsCostModel(CostModel):
         """Alpha name -> its ``[edge, op]`` cost matrix under ``costs`` on ``device``; built once per table
         (``expected`` runs every architecture step with the same table)."""
         if self._matrices is None or self._matrices[0] is not costs or self._matrices[1] != device:
-            matrices = {name: cost_matrix(grids, costs).to(device)
-                        for name, reduction in (("normal", False), ("reduce", True)) if (grids := self._grids(reduction))}
+            grids = {name: self._grids(reduction) for name, reduction in (("normal", False), ("reduce", True))}
+            matrices = {name: cost_matrix(cells, costs).to(device) for name, cells in grids.items() if cells}
             self._matrices = (costs, device, matrices)
         return self._matrices[2]
 
