@@ -74,17 +74,24 @@ class BilevelOptimizer:
 
     def arch_step(self, batch_a: Batch, batch_b: Batch) -> float:
         grads, val_loss = self.architecture_gradient(batch_a, batch_b)
-        if self.arch_penalty is not None:
-            extra = torch.autograd.grad(self.arch_penalty(), self.arch, allow_unused=True)
+        penalty = self.penalty()
+        if penalty is not None:
+            extra = torch.autograd.grad(penalty, self.arch, allow_unused=True)
             grads = [g if e is None else g + e.to(g.dtype) for g, e in zip(grads, extra)]
-        remedy = self.remedies.penalty_gradient(self.arch) if self.remedies is not None else None
-        if remedy is not None:
-            grads = [g + r.to(g.dtype) for g, r in zip(grads, remedy)]
         for param, grad in zip(self.arch, grads):
             param.grad = grad
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
         return val_loss
+
+    def penalty(self) -> torch.Tensor | None:
+        """The terms of the arch parameters alone added to the architecture loss: ``arch_penalty`` and this epoch's
+        remedy penalty (None when there is neither)."""
+        terms = [self.arch_penalty()] if self.arch_penalty is not None else []
+        remedy = self.remedies.penalty(self.arch) if self.remedies is not None else None
+        if remedy is not None:
+            terms.append(remedy)
+        return sum(terms) if terms else None
 
     def weight_step(self, batch_a: Batch) -> float:
         with self.remedies.perturbed(self.arch) if self.remedies is not None else contextlib.nullcontext():

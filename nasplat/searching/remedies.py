@@ -96,15 +96,6 @@ class Remedies:
             terms.append(weights["remedy_entropy_weight"] * mean_entropy(arch))
         return sum(terms) if terms else None
 
-    def penalty_gradient(self, arch: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
-        """The penalty's gradient for each tensor of ``arch`` (None without a penalty this epoch)."""
-        leaves = [t.detach().requires_grad_(True) for t in arch]
-        with torch.enable_grad():
-            penalty = self.penalty(leaves)
-            if penalty is None:
-                return None
-            return list(torch.autograd.grad(penalty, leaves, allow_unused=True, materialize_grads=True))
-
     @contextlib.contextmanager
     def perturbed(self, arch: Sequence[torch.Tensor]) -> Iterator[None]:
         """Inside, ``arch`` holds SDARTS noise ``U(-eps, eps)`` (if chosen); on exit its values are restored exactly."""
