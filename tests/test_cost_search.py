@@ -214,6 +214,10 @@ def test_saved_tables_round_trip_and_bad_entries_name_the_file(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"t\.json: entry sep_conv_3x3\|C=4\|stride=2\|9x9 must map"):
         load_table(path)
+    data["entries"][shape.key]["latency_ms"] = True  # JSON true is no latency
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="must map metric names to numbers"):
+        load_table(path)
 
 
 def test_profile_ops_warns_when_the_timings_are_noisy(tmp_path, monkeypatch, capsys):

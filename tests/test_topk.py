@@ -126,6 +126,16 @@ def test_top_k_record_puts_the_chosen_genotype_first_without_repeats():
     assert record["genotypes"][0]["strength"] == pytest.approx(ranked[2][0])
 
 
+def test_a_space_without_its_own_strength_writes_null_in_strict_json():
+    from pathlib import Path
+
+    space = nasplat.get_space(f"{Path(__file__).resolve().parents[1] / 'examples' / 'custom_space.py'}:chain")
+    arch = {name: t.detach() for name, t in space.supernet(num_classes=3).arch_parameters().items()}
+    record = top_k_record(space, arch, {}, 3, space.decode(arch))
+    assert [e["strength"] for e in record["genotypes"]] == [None]  # the default top_genotypes: the decode alone
+    json.dumps(record, allow_nan=False)
+
+
 def test_a_trial_records_its_top_k_every_epoch_and_the_measured_cost_at_the_end():
     from nasplat.runtime.search_worker import _record_candidates
     from nasplat.searching.config import SearchConfig

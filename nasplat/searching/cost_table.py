@@ -97,7 +97,9 @@ def load_table(path: str | Path) -> CostTableFile:
             shape = OpShape.from_key(key)
         except ValueError as err:
             raise ConfigError(f"cost table {path}: {err}") from None
-        if not isinstance(values, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in values.values()):
+        numbers = isinstance(values, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values.values())
+        if not numbers:
             raise ConfigError(f"cost table {path}: entry {key} must map metric names to numbers >= 0, got {values!r}")
         entries[shape] = {name: float(v) for name, v in values.items()}
     meta = {k: v for k, v in data.items() if k != "entries"}

@@ -85,13 +85,16 @@ STRENGTH = ("log of the product of the probabilities of the genotype's choices (
 def top_k_record(space: SearchSpace, arch: Mapping[str, torch.Tensor], decode_options: Mapping[str, Any], k: int,
                  chosen: Genotype, cost_of: Callable[[Genotype], float] | None = None) -> dict[str, Any]:
     """The JSON record of a trial's ``k`` strongest distinct genotypes: ``chosen`` (the trial's result) first,
-    then :meth:`SearchSpace.top_genotypes` in order, without repeats; with ``cost_of``, each one's cost."""
+    then :meth:`SearchSpace.top_genotypes` in order, without repeats; with ``cost_of``, each one's cost. A strength
+    the space does not define is null (strict JSON has no NaN)."""
     ranked = space.top_genotypes(arch, k + 1, **decode_options)
     strengths = {genotype: strength for strength, genotype in ranked}
     ordered = [chosen] + [genotype for _, genotype in ranked if genotype != chosen]
     entries = []
     for rank, genotype in enumerate(ordered[:k], start=1):
-        entry = {"rank": rank, "strength": strengths.get(genotype, math.nan), "genotype_hash": genotype.short_hash(),
+        strength = strengths.get(genotype, math.nan)  # NaN: a space without its own strength (or an unranked one)
+        entry = {"rank": rank, "strength": None if math.isnan(strength) else strength,
+                 "genotype_hash": genotype.short_hash(),
                  "genotype": genotype.to_dict()}
         if cost_of is not None:
             entry["cost"] = cost_of(genotype)
