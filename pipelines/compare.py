@@ -237,38 +237,31 @@ def search_rows(
     from mlflow.exceptions import MlflowException
 
     try:
-        if experiment is None:
-            names = _existing_experiments(client, uri, DEFAULT_EXPERIMENTS)
-        else:
-            names = [experiment] if isinstance(experiment, str) else list(experiment)
-        rows = [row for name in names for row in _experiment_rows(client, uri, name)]
+        rows = [row for found in _experiments(client, uri, experiment) for row in _experiment_rows(client, found)]
     except MlflowException as err:
         raise CompareError(f"cannot read the MLflow store {uri}: {err.message}") from err
-    rows = sort_rows(rows, sort, ascending)
-    return rows[:limit] if limit is not None else rows
+    return sort_rows(rows, sort, ascending)[:limit]  # limit None: every row
 
 
-def _existing_experiments(client, uri: str, names: Sequence[str]) -> list[str]:
-    """Those of ``names`` the store holds; CompareError listing the store's experiments when it holds none."""
-    present = {e.name for e in client.search_experiments()}
-    found = [name for name in names if name in present]
-    if not found:
-        raise CompareError(f"none of the experiments {', '.join(repr(n) for n in names)} is in {uri}; existing "
-                           "experiments: " + (", ".join(repr(n) for n in sorted(present)) or "none"))
-    return found
+def _experiments(client, uri: str, wanted: str | Sequence[str] | None) -> list:
+    """The experiments asked for (None: those of ``DEFAULT_EXPERIMENTS`` the store holds); CompareError listing the
+    store's experiments when one asked for, or every default, is missing."""
+    present = {e.name: e for e in client.search_experiments()}
+    names = DEFAULT_EXPERIMENTS if wanted is None else [wanted] if isinstance(wanted, str) else list(wanted)
+    missing = [name for name in names if name not in present]
+    if missing and (wanted is not None or len(missing) == len(names)):
+        what = (f"no experiment {missing[0]!r}" if wanted is not None else
+                f"none of the experiments {', '.join(repr(n) for n in names)} is")
+        raise CompareError(f"{what} in {uri}; existing experiments: "
+                           + (", ".join(repr(n) for n in sorted(present)) or "none"))
+    return [present[name] for name in names if name in present]
 
 
-def _experiment_rows(client, uri: str, experiment: str) -> list[dict[str, Any]]:
+def _experiment_rows(client, experiment) -> list[dict[str, Any]]:
     """The rows of one experiment, unsorted."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"no experiment {experiment!r} in {uri}; existing experiments: "
-                           + (", ".join(repr(n) for n in names) if names else "none"))
-
     def of_kind(*kinds: str) -> list:  # MLflow's filter has no IN for tags
         return [run for kind in kinds
-                for run in _all_runs(client, found.experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
+                for run in _all_runs(client, experiment.experiment_id, f"tags.`{schema.KIND_TAG}` = '{kind}'")]
 
     parents = of_kind("search", "retrain")
     trials = of_kind("search-trial", "retrain-trial") if parents else []
