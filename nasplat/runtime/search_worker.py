@@ -3,10 +3,12 @@
 Each epoch: train (weights on A, architecture on B), evaluate, decode, then rank 0 writes a
 checkpoint and logs metrics, the genotype and the arch distributions to MLflow, and every
 ``picture_interval`` epochs and at the end the pictures of :mod:`nasplat.viz`; every rank calls
-``ray.train.report``.
+``ray.train.report``. Rank 0 then records where the epoch's wall time went (``time_<phase>_s``, see
+:data:`PHASES`).
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from nasplat.training.collectives import max_abs_difference
 from nasplat.spaces.genotype import Genotype
 from nasplat.spaces.registry import genotype_from_dict
 from nasplat.training.model_stats import count_flops
+from nasplat.training.phases import PhaseClock
 from nasplat.searching.early_stop import StopDecision
 from nasplat.runtime.ray_data import uses_ray_data, worker_streams
 from nasplat.searching.loop import SupernetSearch
@@ -28,74 +31,107 @@ from nasplat.tracking.logger import RunLogger
 
 PREDICTION_SAMPLES = 4
 """Validation samples 0..3 get their predictions drawn in every picture set."""
+PHASES = {
+    "setup": "the worker's start: config, data, supernet, its first records (logged with the first epoch)",
+    "train": "the training pass (epoch_time_s, plus the loader's start and end)",
+    "eval": "the validation pass",
+    "checkpoint": "writing search_state.pt",
+    "records": "queueing the epoch's MLflow metrics, tags and JSON artifacts",
+    "pictures": "drawing and queueing the pictures",
+    "report": "ray.train.report (Ray copies the checkpoint to storage) and the bounded MLflow flush",
+    "other": "the rest of the epoch: decoding, arch records, the workers' collectives for them",
+}
+"""The phases of ``time_<phase>_s``: they add up to the epoch's wall time on rank 0."""
 
 
 def search_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker (``TorchTrainer(train_loop_per_worker=...)``)."""
-    context = start_worker(loop_config, SearchConfig)
-    config: SearchConfig = context.config
-    _, source = resolve_space_spec(config.space)
-    if source is not None:
-        import_space_source(source)
-    streams = worker_streams(config) if uses_ray_data(config) else None
-    search = SupernetSearch(config, device=context.device, streams=streams)
-    run_loop(context, search, _search_epochs)
+    clock = PhaseClock()
+    with clock.phase("setup"):
+        context = start_worker(loop_config, SearchConfig)
+        config: SearchConfig = context.config
+        _, source = resolve_space_spec(config.space)
+        if source is not None:
+            import_space_source(source)
+        streams = worker_streams(config) if uses_ray_data(config) else None
+        search = SupernetSearch(config, device=context.device, streams=streams)
+    run_loop(context, search, functools.partial(_search_epochs, clock=clock))
 
 
-def _search_epochs(context: WorkerContext, search: SupernetSearch) -> None:
+def _search_epochs(context: WorkerContext, search: SupernetSearch, clock: PhaseClock) -> None:
     config: SearchConfig = context.config
     logger = context.logger
     if logger is not None:
-        logger.log_params({
-            "data": search.data.description, "data_reader": "ray_data" if search.streams else "torch_dataloader",
-            "supernet_weight_params": sum(p.numel() for p in search.model.weight_parameters()),
-            "supernet_flops": count_flops(search.model, (1, 3, config.image_size, config.image_size)),
-        })
+        with clock.phase("setup"):
+            logger.log_params({
+                "data": search.data.description, "data_reader": "ray_data" if search.streams else "torch_dataloader",
+                "supernet_weight_params": sum(p.numel() for p in search.model.weight_parameters()),
+                "supernet_flops": count_flops(search.model, (1, 3, config.image_size, config.image_size)),
+            })
 
     previous = None
     while search.epoch < config.epochs:
-        metrics: dict[str, Any] = search.train_epoch()
-        evaluation = search.evaluate()
-        epoch, step = search.epoch, search.epochs_trained
-        genotype = search.genotype()
-        arch_record = search.record_arch()  # before check_early_stop: DARTS-ADA may roll the arch back
-        arch_spread = max(max_abs_difference(p) for p in search.model.arch_parameters().values())
-        eigenvalue, decision = search.check_early_stop()  # DARTS-ADA may roll the search back here
-        smoothed = search.stopper.smoothed(epoch - 1) if search.stopper is not None else None
-        result = genotype
-        if decision is not None and decision.ends_search:
-            result = genotype_from_dict(decision.genotype)
-        metrics.update({k: v for k, v in evaluation.items() if k not in ("val_iou", "confusion_matrix")})
-        metrics.update(
-            epoch=epoch, arch_entropy=search.arch_entropy(), arch_max_worker_diff=arch_spread,
-            genotype=result.to_json(indent=None), genotype_hash=genotype.short_hash(),
-        )
-        metrics.update(search.cost_metrics(genotype))
-        if eigenvalue is not None:
-            metrics["hessian_eigenvalue"] = eigenvalue
-        if smoothed is not None:
-            metrics["hessian_eigenvalue_smoothed"] = smoothed
-        if decision is not None:
-            metrics.update(early_stop_epoch=decision.stop_epoch + 1, early_stop_chosen_epoch=decision.chosen_epoch + 1)
-        final = (decision is not None and decision.ends_search) or search.epoch >= config.epochs
+        with clock.phase("other"):
+            previous, ends_search = _search_epoch(context, search, clock, previous)
+        if logger is not None:
+            logger.log_metrics(clock.metrics(), step=search.epochs_trained)  # sent with the next epoch's records
+        if ends_search:
+            break
 
-        def write(directory: Path) -> None:
+
+def _search_epoch(context: WorkerContext, search: SupernetSearch, clock: PhaseClock,
+                  previous: str | None) -> tuple[str, bool]:
+    """Train, evaluate, decode and report one epoch, timing its phases on ``clock``; returns the epoch's genotype
+    hash and whether RobustDARTS ended the search."""
+    config: SearchConfig = context.config
+    logger = context.logger
+    with clock.phase("train"):
+        metrics: dict[str, Any] = search.train_epoch()
+    with clock.phase("eval"):
+        evaluation = search.evaluate()
+    epoch, step = search.epoch, search.epochs_trained
+    genotype = search.genotype()
+    arch_record = search.record_arch()  # before check_early_stop: DARTS-ADA may roll the arch back
+    arch_spread = max(max_abs_difference(p) for p in search.model.arch_parameters().values())
+    eigenvalue, decision = search.check_early_stop()  # DARTS-ADA may roll the search back here
+    smoothed = search.stopper.smoothed(epoch - 1) if search.stopper is not None else None
+    result = genotype
+    if decision is not None and decision.ends_search:
+        result = genotype_from_dict(decision.genotype)
+    metrics.update({k: v for k, v in evaluation.items() if k not in ("val_iou", "confusion_matrix")})
+    metrics.update(
+        epoch=epoch, arch_entropy=search.arch_entropy(), arch_max_worker_diff=arch_spread,
+        genotype=result.to_json(indent=None), genotype_hash=genotype.short_hash(),
+    )
+    metrics.update(search.cost_metrics(genotype))
+    if eigenvalue is not None:
+        metrics["hessian_eigenvalue"] = eigenvalue
+    if smoothed is not None:
+        metrics["hessian_eigenvalue_smoothed"] = smoothed
+    if decision is not None:
+        metrics.update(early_stop_epoch=decision.stop_epoch + 1, early_stop_chosen_epoch=decision.chosen_epoch + 1)
+    final = (decision is not None and decision.ends_search) or search.epoch >= config.epochs
+
+    def write(directory: Path) -> None:
+        with clock.phase("checkpoint"):
             search.save(directory)
+        with clock.phase("records"):
             _record_epoch(logger, metrics, evaluation["val_iou"], genotype.to_dict(), step, previous)
             logger.log_json(result.to_dict(), schema.GENOTYPE_ARTIFACT)
             logger.log_json(_arch_json(arch_record, search), schema.ARCH_ARTIFACT.format(epoch=epoch))
             if decision is not None:
                 _record_decision(logger, decision, index=len(search.stopper.decisions) - 1)
-            folders = picture_folders(epoch, config.picture_interval, final)
-            if folders:
+        folders = picture_folders(epoch, config.picture_interval, final)
+        if folders:
+            with clock.phase("pictures"):
                 _log_pictures(logger, search, result, folders, epoch, step)
+        with clock.phase("records"):
             _record_candidates(logger, search, result, step, measure=final)
 
-        search.capture_rng()  # every rank: its generators go into rank 0's checkpoint
+    search.capture_rng()  # every rank: its generators go into rank 0's checkpoint
+    with clock.phase("report"):
         report_epoch(context, metrics, write)
-        previous = metrics["genotype_hash"]
-        if decision is not None and decision.ends_search:
-            break
+    return metrics["genotype_hash"], decision is not None and decision.ends_search
 
 
 def _record_epoch(logger: RunLogger, metrics: dict, per_class: dict, genotype: dict, step: int, previous: str | None) -> None:
