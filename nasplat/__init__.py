@@ -21,12 +21,13 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                                "expected_cell_cost", "lookup"),
     "nasplat.searching.topk": ("k_best", "top_cells"),
     "nasplat.spaces.cells": ("DiscreteCell", "MixedCell", "OpChoice", "cell_edges", "decode_cell", "resize_to"),
+    "nasplat.spaces.fused": ("GroupInput", "group_batch_norm", "register_group_forward"),
     "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
                                 "load_genotype", "register_space"),
     "nasplat.spaces.space": ("SearchSpace", "Supernet"),
-    "nasplat.spaces.ops": ("DARTS_OPS", "DilConv", "FactorizedReduce", "Identity", "MixedOp", "ReLUConvBN", "SepConv",
-                           "UnknownOpError", "Zero", "build_op", "get_op", "register_op", "registered_ops"),
+    "nasplat.spaces.ops": ("DARTS_OPS", "DilConv", "FactorizedReduce", "Identity", "MixedOp", "PoolBN", "ReLUConvBN",
+                           "SepConv", "UnknownOpError", "Zero", "build_op", "get_op", "register_op", "registered_ops"),
     "nasplat.training.metrics": ("IGNORE_INDEX", "ConfusionMatrix"),
     "nasplat.models": ("available_models", "get_model", "register_model"),  # the package: it registers the baselines
     "nasplat.models.layers": ("ASPP", "ASPPPooling", "conv_bn_relu"),
@@ -49,8 +50,9 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
     from nasplat.searching.topk import k_best, top_cells
     from nasplat.searching.config import SearchConfig
     from nasplat.spaces.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
+    from nasplat.spaces.fused import GroupInput, group_batch_norm, register_group_forward
     from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype
-    from nasplat.spaces.ops import (DARTS_OPS, DilConv, FactorizedReduce, Identity, MixedOp, ReLUConvBN, SepConv,
+    from nasplat.spaces.ops import (DARTS_OPS, DilConv, FactorizedReduce, Identity, MixedOp, PoolBN, ReLUConvBN, SepConv,
                                     UnknownOpError, Zero, build_op, get_op, register_op, registered_ops)
     from nasplat.spaces.registry import (UnknownSpaceError, available_spaces, genotype_from_dict, get_space,
                                          load_genotype, register_space)

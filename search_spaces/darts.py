@@ -151,11 +151,11 @@ class _Backbone(nn.Module):
 
 
 class _SearchCell(nn.Module):
-    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool) -> None:
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool, fused: bool) -> None:
         super().__init__()
         self.reduction = reduction
         self.inputs = _CellInputs(C_pp, C_p, C, reduction_prev, affine=False)
-        self.dag = MixedCell(C, NUM_NODES, DARTS_OPS, input_stride=2 if reduction else 1)
+        self.dag = MixedCell(C, NUM_NODES, DARTS_OPS, input_stride=2 if reduction else 1, fused=fused)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = self.dag(self.inputs(s0, s1), weights)
@@ -163,16 +163,20 @@ class _SearchCell(nn.Module):
 
 
 class DartsSupernet(Supernet):
-    """The DARTS supernet for segmentation (BN without affine, as in the official search)."""
+    """The DARTS supernet for segmentation (BN without affine, as in the official search).
+
+    ``fused`` (default True) runs each cell's edges grouped by source state (:class:`nasplat.MixedCell`);
+    False runs them edge by edge, the straightforward path it is checked against.
+    """
 
     def __init__(self, num_classes: int, C: int = 8, layers: int = 5, reductions: int = 2,
-                 stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64) -> None:
+                 stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64, fused: bool = True) -> None:
         super().__init__()
         self.add_arch_parameter("normal", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
         self.add_arch_parameter("reduce", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
 
         def make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev):
-            return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev), NUM_NODES
+            return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, fused), NUM_NODES
 
         self.net = _Backbone(num_classes, C, layers, reductions, stem_multiplier, stem_stride, head_channels, make_cell)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasplat.spaces.fused import GroupInput, group_forward
 from nasplat.spaces.ops import Identity, MixedOp, build_op
 
 OpChoice = tuple[str, int]
@@ -63,20 +64,29 @@ def decode_cell(
 class MixedCell(nn.Module):
     """The searchable DAG: every edge is a :class:`MixedOp` over ``ops``.
 
-    Edges leaving the cell inputs use ``input_stride`` (2 in a reduction cell).
+    Edges leaving the cell inputs use ``input_stride`` (2 in a reduction cell). ``fused=True`` (the
+    default) runs the edges that leave one state together (:mod:`nasplat.spaces.fused`): the same
+    parameters and results, fewer and larger kernels; ``fused=False`` runs edge by edge.
     """
 
-    def __init__(self, C: int, num_nodes: int, ops: Sequence[str], num_inputs: int = 2, input_stride: int = 1) -> None:
+    def __init__(self, C: int, num_nodes: int, ops: Sequence[str], num_inputs: int = 2, input_stride: int = 1,
+                 fused: bool = True) -> None:
         super().__init__()
         self.num_nodes = num_nodes
         self.num_inputs = num_inputs
+        self.fused = fused
+        edges = cell_edges(num_nodes, num_inputs)
         self.edges = nn.ModuleList(
-            MixedOp(C, input_stride if source < num_inputs else 1, ops)
-            for _, source in cell_edges(num_nodes, num_inputs)
+            MixedOp(C, input_stride if source < num_inputs else 1, ops) for _, source in edges
         )
+        # per state: the edges that leave it, as (edge index, node), in node order
+        self.outgoing = [[(e, node) for e, (node, s) in enumerate(edges) if s == state]
+                         for state in range(num_inputs + num_nodes)]
 
     def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
         """Return every state (inputs first, then nodes); ``weights`` is [edges, ops], softmaxed."""
+        if self.fused:
+            return self._fused_forward(inputs, weights)
         states = list(inputs)
         edge = 0
         for _ in range(self.num_nodes):
@@ -86,6 +96,35 @@ class MixedCell(nn.Module):
                 edge += 1
             states.append(total)
         return states
+
+    def _fused_forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+        states = list(inputs)
+        incoming: list[list[torch.Tensor]] = [[] for _ in range(self.num_nodes)]
+        for state, outgoing in enumerate(self.outgoing):
+            if state >= self.num_inputs:
+                states.append(_sum(incoming[state - self.num_inputs]))
+            if not outgoing:
+                continue
+            edge_ids = [e for e, _ in outgoing]
+            edge_weights = weights[edge_ids]
+            group = GroupInput(states[state], len(edge_ids))
+            total = None
+            for k in range(edge_weights.shape[1]):
+                out = group_forward([self.edges[e].candidates[k] for e in edge_ids], group)
+                if out is None:
+                    continue
+                term = edge_weights[:, k].view(1, -1, 1, 1, 1) * out
+                total = term if total is None else total + term
+            for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
+                incoming[node].append(total[:, j] if total is not None else self.edges[e](group.x, weights[e]))
+        return states
+
+
+def _sum(terms: list[torch.Tensor]) -> torch.Tensor:
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 class DiscreteCell(nn.Module):

@@ -29,6 +29,7 @@ __all__ = [
     "ReLUConvBN",
     "SepConv",
     "DilConv",
+    "PoolBN",
     "MixedOp",
 ]
 
@@ -261,6 +262,13 @@ def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
 # ---------------------------------------------------------------- mixed op
 
 
+class PoolBN(nn.Sequential):
+    """A pool followed by a non-affine BatchNorm2d: a pool candidate of the supernet (keys ``0`` and ``1``)."""
+
+    def __init__(self, pool: nn.Module, C: int) -> None:
+        super().__init__(pool, nn.BatchNorm2d(C, affine=False))
+
+
 class MixedOp(nn.Module):
     """Supernet edge: weighted sum of one instance of each op in ``ops``.
 
@@ -280,7 +288,7 @@ class MixedOp(nn.Module):
         for name in names:
             op = build_op(name, C, stride, affine)
             if "pool" in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = PoolBN(op, C)
             self.candidates.append(op)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

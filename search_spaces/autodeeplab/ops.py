@@ -13,11 +13,13 @@ Both strides have the same parameters (one ``C x C x k x k`` conv and a BN).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional
 
-from nasplat import DARTS_OPS, register_op, registered_ops
+from nasplat import DARTS_OPS, GroupInput, group_batch_norm, register_group_forward, register_op, registered_ops
 
 AUTODEEPLAB_OPS: tuple[str, ...] = tuple(
     name.replace("dil_conv", "atrous_conv") for name in DARTS_OPS
@@ -48,6 +50,20 @@ class AtrousConv(nn.Module):
             half = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
             x = functional.interpolate(x, size=half, mode="bilinear", align_corners=True)
         return self.bn(self.conv(x))
+
+
+@register_group_forward(AtrousConv)
+def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput) -> torch.Tensor:
+    """The atrous convs of the edges leaving one state: one conv whose output channels stack the edges' filters."""
+    x = group.relu
+    first = modules[0]
+    if first.stride == 2:
+        half = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
+        x = functional.interpolate(x, size=half, mode="bilinear", align_corners=True)
+    weight = torch.cat([module.conv.weight for module in modules])
+    out = functional.conv2d(x, weight, None, 1, first.conv.padding, first.conv.dilation)
+    out = group_batch_norm(out, [module.bn for module in modules])
+    return out.unflatten(1, (len(modules), -1))
 
 
 def _atrous_factory(kernel_size: int):

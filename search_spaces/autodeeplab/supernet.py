@@ -53,7 +53,7 @@ class SearchNode(nn.Module):
     """
 
     def __init__(self, level: int, sources: Mapping[int, int], C_pp: int | None, C: int, blocks: int,
-                 ops: Sequence[str]) -> None:
+                 ops: Sequence[str], fused: bool = True) -> None:
         super().__init__()
         self.blocks = blocks
         pre = {}
@@ -66,7 +66,7 @@ class SearchNode(nn.Module):
                 pre["up"] = ReLUConvBN(C_in, C, 1, 1, 0, affine=False)
         self.pre = nn.ModuleDict(pre)
         self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False) if C_pp is not None else None
-        self.dag = MixedCell(C, blocks, ops, num_inputs=2 if C_pp is not None else 1)
+        self.dag = MixedCell(C, blocks, ops, num_inputs=2 if C_pp is not None else 1, fused=fused)
         # alpha rows of this DAG's edges: without H^{l-2}, the rows of edges that leave input 0 are skipped
         self.rows = None if C_pp is not None else [row for row, (_, s) in enumerate(cell_edges(blocks)) if s != 0]
 
@@ -114,11 +114,12 @@ class AutoDeepLabSupernet(Supernet):
     ``checkpoint_cells=True`` recomputes every cell call in the backward pass
     (``torch.utils.checkpoint``, ``use_reentrant=False``): same outputs, gradients and BN running
     statistics, less memory; it also holds under ``torch.func.functional_call`` (second order).
+    ``fused`` (default True) runs each cell's edges grouped by source state (:class:`nasplat.MixedCell`).
     """
 
     def __init__(self, num_classes: int, F: int = 8, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
                  beta_norm: str = DEFAULT_BETA_NORM, checkpoint_cells: bool = False,
-                 stem_channels: Sequence[int] = (64, 64, 128)) -> None:
+                 stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True) -> None:
         super().__init__()
         if F < 1 or L < 1 or B < 1:
             raise ValueError(f"need F, L, B >= 1, got F={F}, L={L}, B={B}")
@@ -143,7 +144,7 @@ class AutoDeepLabSupernet(Supernet):
             for level in node_channels(layer):
                 sources = {s: prev[s] for s in (level - 1, level, level + 1) if s in prev}
                 C_pp = stem_channels[1 + layer] if layer < 2 else node_channels(layer - 2).get(level)
-                nodes[str(level)] = SearchNode(level, sources, C_pp, F * 2**level, B, self.ops)
+                nodes[str(level)] = SearchNode(level, sources, C_pp, F * 2**level, B, self.ops, fused)
             self.cells.append(nodes)
         self.heads = nn.ModuleDict({
             str(level): SearchASPP(C, 96 // STRIDES[level], num_classes)

@@ -1,0 +1,181 @@
+"""The fused supernet path: the edges that leave one state run together, op kind by op kind.
+
+The per-edge path (a :class:`~nasplat.spaces.ops.MixedOp` on every edge) runs every candidate of every
+edge as its own small kernels. Here a cell takes the ``E`` edges leaving one state as a group: ops
+that depend on the input alone (pools with their BatchNorm, identity) run once per state, the ReLU in
+front of the convs runs once per state, and the convs of the group run as one grouped conv over the
+``E`` edges stacked along channels (the per-edge weights concatenated). ``none`` adds exactly zero and
+is skipped. Parameters and buffers are the per-edge modules' own, so state dicts, optimisers,
+``torch.func.functional_call`` and checkpoints see no difference; results agree with the per-edge
+path up to float rounding (``tests/test_fused_cell.py``).
+
+A group forward maps the op modules of the ``E`` edges (one per edge, same type and settings) and
+their shared :class:`GroupInput` to a tensor ``[N, E, C, H, W]`` (edge ``e``'s output at ``[:, e]``),
+``[N, 1, C, H, W]`` when every edge gives the same output, or ``None`` when the op adds nothing.
+Register one for an op type with :func:`register_group_forward`; op types without one run edge by
+edge, so any registered op works in a fused cell.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
+
+__all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm"]
+
+
+class GroupInput:
+    """One state and what the edges leaving it share: its ReLU, and that ReLU repeated once per edge."""
+
+    def __init__(self, x: torch.Tensor, edges: int) -> None:
+        self.x = x
+        self.edges = edges
+        self._relu: torch.Tensor | None = None
+        self._repeated: torch.Tensor | None = None
+
+    @property
+    def relu(self) -> torch.Tensor:
+        if self._relu is None:
+            self._relu = torch.relu(self.x)
+        return self._relu
+
+    @property
+    def repeated_relu(self) -> torch.Tensor:
+        """``[N, E*C, H, W]``: channels ``e*C .. e*C+C-1`` are the ReLU for edge ``e``, in ``x``'s memory layout."""
+        if self._repeated is None:
+            self._repeated = repeat_channels(self.relu, self.edges)
+        return self._repeated
+
+
+GroupForward = Callable[[Sequence[nn.Module], GroupInput], "torch.Tensor | None"]
+_GROUP_FORWARDS: dict[type, GroupForward] = {}
+
+
+def register_group_forward(op_type: type) -> Callable[[GroupForward], GroupForward]:
+    """Decorator: ``fn(modules, group_input)`` computes ``op_type`` for every edge of a group at once."""
+
+    def decorator(fn: GroupForward) -> GroupForward:
+        _GROUP_FORWARDS[op_type] = fn
+        return fn
+
+    return decorator
+
+
+def group_forward(modules: Sequence[nn.Module], group: GroupInput) -> torch.Tensor | None:
+    """The outputs of ``modules`` (one per edge of the group) on the group's input; see the module doc."""
+    fn = _GROUP_FORWARDS.get(type(modules[0]))
+    if fn is None:
+        return torch.stack([module(group.x) for module in modules], dim=1)
+    return fn(modules, group)
+
+
+def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
+    """``x`` repeated ``times`` along channels, keeping channels-last memory channels-last."""
+    if times == 1:
+        return x
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return x.permute(0, 2, 3, 1).repeat(1, 1, 1, times).permute(0, 3, 1, 2)
+    return x.repeat(1, times, 1, 1)
+
+
+def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """BatchNorm of ``x`` (``[N, E*C, H, W]``), edge ``e``'s channels by ``norms[e]``, running statistics included.
+
+    Batch statistics are per channel, so one call over the stacked channels is the same as one call per edge.
+    """
+    first = norms[0]
+    if len(norms) == 1:
+        return first(x)
+    if not all(norm.track_running_stats for norm in norms):
+        return torch.cat([norm(part) for norm, part in zip(norms, x.chunk(len(norms), dim=1))], dim=1)
+    weight = torch.cat([norm.weight for norm in norms]) if first.affine else None
+    bias = torch.cat([norm.bias for norm in norms]) if first.affine else None
+    running_mean = torch.cat([norm.running_mean for norm in norms])
+    running_var = torch.cat([norm.running_var for norm in norms])
+    momentum = first.momentum
+    if first.training:
+        for norm in norms:
+            norm.num_batches_tracked.add_(1)
+        if momentum is None:
+            momentum = 1.0 / float(first.num_batches_tracked)
+    out = F.batch_norm(x, running_mean, running_var, weight, bias, first.training, momentum or 0.0, first.eps)
+    if first.training:
+        with torch.no_grad():
+            for norm, mean, var in zip(norms, running_mean.chunk(len(norms)), running_var.chunk(len(norms))):
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+    return out
+
+
+def _grouped_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
+    """The convs of the ``E`` edges (each ``groups`` groups) as one conv with ``E*groups`` groups on stacked channels."""
+    first = convs[0]
+    if len(convs) == 1:
+        return first(x)
+    weight = torch.cat([conv.weight for conv in convs])
+    return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, first.groups * len(convs))
+
+
+def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]]) -> torch.Tensor:
+    """Run the (ReLU, depthwise, 1x1, BN) units of every edge; ``x`` is already ReLU'd for the first one."""
+    for index in range(0, len(units[0]), 4):
+        if index:
+            x = torch.relu(x)
+        x = _grouped_conv(x, [unit[index + 1] for unit in units])
+        x = _grouped_conv(x, [unit[index + 2] for unit in units])
+        x = group_batch_norm(x, [unit[index + 3] for unit in units])
+    return x
+
+
+@register_group_forward(Zero)
+def _zero_group(modules: Sequence[Zero], group: GroupInput) -> None:
+    return None
+
+
+@register_group_forward(Identity)
+def _identity_group(modules: Sequence[Identity], group: GroupInput) -> torch.Tensor:
+    return group.x.unsqueeze(1)
+
+
+@register_group_forward(PoolBN)
+def _pool_bn_group(modules: Sequence[PoolBN], group: GroupInput) -> torch.Tensor:
+    """Same input, same pool, BNs with equal statistics: one output for all edges; the others' BN state follows."""
+    out = modules[0](group.x)
+    if modules[0].training:
+        with torch.no_grad():
+            source = modules[0][1]
+            for module in modules[1:]:
+                for name, buffer in module[1].named_buffers():
+                    buffer.copy_(getattr(source, name))
+    return out.unsqueeze(1)
+
+
+@register_group_forward(SepConv)
+@register_group_forward(DilConv)
+def _separable_group(modules: Sequence[SepConv | DilConv], group: GroupInput) -> torch.Tensor:
+    out = _separable_units(group.repeated_relu, [module.op for module in modules])
+    return out.unflatten(1, (len(modules), -1))
+
+
+@register_group_forward(FactorizedReduce)
+def _factorized_reduce_group(modules: Sequence[FactorizedReduce], group: GroupInput) -> torch.Tensor:
+    edges = len(modules)
+    relu = group.relu
+    shifted = F.pad(relu, (0, 1, 0, 1))[:, :, 1:, 1:]
+    first = _grouped_conv_shared(relu, [module.conv_1 for module in modules]).unflatten(1, (edges, -1))
+    second = _grouped_conv_shared(shifted, [module.conv_2 for module in modules]).unflatten(1, (edges, -1))
+    out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules])
+    return out.unflatten(1, (edges, -1))
+
+
+def _grouped_conv_shared(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
+    """Ungrouped convs that all read ``x``: one conv with their output channels stacked."""
+    first = convs[0]
+    if len(convs) == 1:
+        return first(x)
+    weight = torch.cat([conv.weight for conv in convs])
+    return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation)
