@@ -86,6 +86,14 @@ def test_darts_search_end_to_end(tmp_path):
                                           client.list_artifacts(child.info.run_id, "pictures/epoch_001")}
     assert child.data.tags["pictures.cell_renderer"] in ("graphviz", "matplotlib")
     assert "[nasplat] warning" not in result.stdout
+    # where each epoch's wall time went (bench/overhead.py reads these): every phase at both epochs, setup once
+    phases = {key: client.get_metric_history(child.info.run_id, f"time_{key}_s")
+              for key in ("setup", "train", "eval", "checkpoint", "records", "pictures", "report", "other")}
+    assert [m.step for m in phases.pop("setup")] == [1]
+    assert all(sorted(m.step for m in history) == [1, 2] and all(m.value >= 0 for m in history)
+               for history in phases.values()), phases
+    train_pass = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "epoch_time_s")}
+    assert all(m.value >= train_pass[m.step] for m in phases["train"])  # the pass, and the loader around it
 
 
 @pytest.mark.slow

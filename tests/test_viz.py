@@ -15,7 +15,7 @@ import nasplat
 from nasplat.training.config import ConfigError
 from nasplat.searching.config import SearchConfig
 from nasplat.data.voc import VOC_CLASSES
-from nasplat.runtime.search_worker import picture_folders
+from nasplat.runtime.search_worker import picture_folders, picture_history
 from nasplat.searching.loop import SupernetSearch
 from nasplat.viz import cells, heatmaps, overlays, pictures
 from search_spaces.autodeeplab import PAPER_GENOTYPE, move_labels, normalized_beta
@@ -290,6 +290,17 @@ def test_picture_interval_schedule_and_validation():
     assert SearchConfig().picture_interval == 5
     with pytest.raises(ConfigError, match="picture_interval"):
         SearchConfig(picture_interval=-1)
+
+
+def test_only_the_final_picture_set_draws_the_evolution(tmp_path):
+    history = [(step, {"normal": torch.full((14, 8), 1 / 8)}) for step in (1, 2, 3)]
+    assert picture_history(history, final=True) == history
+    assert picture_history(history, final=False) == history[-1:] and picture_history([], final=False) == []
+    between = heatmaps.render_evolution(picture_history(history, final=False), nasplat.DARTS_OPS, tmp_path / "a",
+                                        formats=("png",))
+    final = heatmaps.render_evolution(picture_history(history, final=True), nasplat.DARTS_OPS, tmp_path / "b",
+                                      formats=("png",))
+    assert between == [] and [path.name for path in final] == ["evolution_normal.png"]
 
 
 def test_arch_history_survives_a_checkpoint(tmp_path):

@@ -32,14 +32,14 @@ from nasplat.tracking.logger import RunLogger
 PREDICTION_SAMPLES = 4
 """Validation samples 0..3 get their predictions drawn in every picture set."""
 PHASES = {
-    "setup": "the worker's start: config, data, supernet, its first records (logged with the first epoch)",
-    "train": "the training pass (epoch_time_s, plus the loader's start and end)",
-    "eval": "the validation pass",
+    "setup": "config, data, supernet and its first records (logged with epoch 1)",
+    "train": "training pass (epoch_time_s, with the loaders' start and end)",
+    "eval": "validation pass",
     "checkpoint": "writing search_state.pt",
-    "records": "queueing the epoch's MLflow metrics, tags and JSON artifacts",
+    "records": "queueing the epoch's MLflow metrics, tags and JSON",
     "pictures": "drawing and queueing the pictures",
-    "report": "ray.train.report (Ray copies the checkpoint to storage) and the bounded MLflow flush",
-    "other": "the rest of the epoch: decoding, arch records, the workers' collectives for them",
+    "report": "ray.train.report (the checkpoint copied to storage) and the bounded MLflow flush",
+    "other": "decoding, arch records and their collectives",
 }
 """The phases of ``time_<phase>_s``: they add up to the epoch's wall time on rank 0."""
 
@@ -124,7 +124,7 @@ def _search_epoch(context: WorkerContext, search: SupernetSearch, clock: PhaseCl
         folders = picture_folders(epoch, config.picture_interval, final)
         if folders:
             with clock.phase("pictures"):
-                _log_pictures(logger, search, result, folders, epoch, step)
+                _log_pictures(logger, search, result, folders, epoch, step, final)
         with clock.phase("records"):
             _record_candidates(logger, search, result, step, measure=final)
 
@@ -164,6 +164,13 @@ def picture_folders(epoch: int, interval: int, final: bool) -> list[str]:
     return folders + ["pictures/final"] if final else folders
 
 
+def picture_history(history: list[tuple[int, Any]], final: bool) -> list[tuple[int, Any]]:
+    """The ``(step, distributions)`` history a picture set draws: all of it at the end, for the evolution plots;
+    only the latest entry (no evolution plots) in the sets between, whose evolution would be a prefix of the final
+    one and cost most of their drawing time (``bench/overhead.py``; ``arch/epoch_NNN.json`` redraws any)."""
+    return list(history) if final else list(history[-1:])
+
+
 def _arch_json(record: dict[str, Any], search: SupernetSearch) -> dict[str, Any]:
     """An epoch's arch distributions and raw parameters as JSON (redraw with ``nasplat.viz.render_arch_heatmaps``)."""
     return {
@@ -174,8 +181,9 @@ def _arch_json(record: dict[str, Any], search: SupernetSearch) -> dict[str, Any]
 
 
 def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype, folders: list[str], epoch: int,
-                  step: int) -> None:
-    """Draw and log this epoch's pictures; any failure is printed as a warning and the search goes on."""
+                  step: int, final: bool) -> None:
+    """Draw and log this epoch's pictures (the evolution plots only when ``final``); any failure is printed as a
+    warning and the search goes on."""
     try:
         import nasplat.viz as viz  # matplotlib is imported on rank 0 only, when the first pictures are due
 
@@ -187,7 +195,7 @@ def _log_pictures(logger: RunLogger, search: SupernetSearch, genotype: Genotype,
             predictions = viz.Predictions(images, masks, predicted, palette, search.data.class_names)
         except Exception as err:  # a picture must never end a search
             print(f"[nasplat] warning: epoch {epoch}: no prediction overlays ({type(err).__name__}: {err})", flush=True)
-        history = [(entry["step"], entry["distributions"]) for entry in search.arch_history]
+        history = picture_history([(entry["step"], entry["distributions"]) for entry in search.arch_history], final)
         with tempfile.TemporaryDirectory(prefix="nasplat-pictures-") as directory:
             pictures = viz.render_pictures(directory, search.space, genotype, history[-1][1] if history else None,
                                            history, predictions, f"epoch {epoch}")
