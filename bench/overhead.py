@@ -126,7 +126,8 @@ def print_report(rows: list[tuple[str, float, bool]], epochs: dict[int, dict[str
         wall = sum(v for k, v in phases.items() if k != "setup")
         extra = wall - sum(phases.get(k, 0.0) for k in WORK)
         shares.append(extra / wall)
-        cells = " | ".join(f"{phases.get(k, 0.0):.2f}" for k in ("checkpoint", "records", "pictures", "report", "other"))
+        columns = ("checkpoint", "records", "pictures", "report", "other")
+        cells = " | ".join(f"{phases.get(k, 0.0):.2f}" for k in columns)
         print(f"| {step} | {wall:.1f} | {phases['train']:.1f} | {phases['eval']:.1f} | {cells} | {extra / wall:.1%} |")
     verdict = "meets" if max(shares) < EPOCH_TARGET else "misses"
     print()
