@@ -25,7 +25,7 @@ from nasplat.runtime.resources import plan_resources
 from nasplat.runtime.run_folder import absolute_locations, keep_settings
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
-from nasplat.tracking.runs import find_trial_run, open_parent_run, open_trial_run
+from nasplat.tracking.runs import find_trial_run, open_parent_run, open_store_early, open_trial_run
 from nasplat.tracking.uri import mask_credentials
 from nasplat.training.config import ExperimentConfig
 from nasplat.training.storage import run_location
@@ -122,12 +122,15 @@ def run_experiment(experiment: Experiment, on_parent_run: Callable[[str], None] 
     log(f"MLflow tracking store: {mask_credentials(config.tracking_uri)}")
     log(f"run directory (checkpoints): {run_dir}")
     os.environ.update(QUIET_TUNE)
+    store = open_store_early(config.tracking_uri)  # a new store's tables are made while Ray starts
     started_ray = start_ray(config.address, config.trials)
     try:
         plan = plan_resources(ray.cluster_resources(), config.workers, config.trials, config.cpus_per_worker,
                               config.gpus_per_worker, reserve_cpus=experiment.reserve_cpus)
         check_worker_share(plan)
         log(f"resources: {plan.describe()}")
+        if store is not None:
+            store.join()
         parent_run_id = open_parent_run(config.tracking_uri, config.experiment, config.name, experiment.kind,
                                         first_values(config, overrides), tags=experiment.parent_tags,
                                         argv=experiment.argv)

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,6 +44,24 @@ def reading_client(tracking_uri: str) -> MlflowClient:
     instead of waiting in MLflow's retries."""
     check_answers(tracking_uri)
     return client(tracking_uri)
+
+
+def open_store_early(tracking_uri: str) -> threading.Thread | None:
+    """Open a local SQLite store in a background thread, so that a new store's tables (MLflow's schema migrations,
+    about 5 s on a 2-core machine) are made while the caller does something else, e.g. starts Ray; join the thread
+    before using the store. None for other stores (a server may not answer: nothing must wait on it here)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+
+    def open_store() -> None:
+        try:
+            client(tracking_uri).search_experiments(max_results=1)
+        except Exception:  # the first real call meets the same error and reports it, in its context
+            pass
+
+    thread = threading.Thread(target=open_store, name="nasplat-open-store", daemon=True)
+    thread.start()
+    return thread
 
 
 def ensure_experiment(mlflow_client: MlflowClient, name: str, tracking_uri: str) -> str:
