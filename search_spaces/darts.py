@@ -25,6 +25,7 @@ from nasplat import (
     SearchSpace,
     Supernet,
     cell_edges,
+    checkpointed_call,
     decode_cell,
     k_best,
     register_space,
@@ -166,12 +167,15 @@ class DartsSupernet(Supernet):
     """The DARTS supernet for segmentation (BN without affine, as in the official search).
 
     ``fused`` (default True) runs each cell's edges grouped by source state (:class:`nasplat.MixedCell`);
-    False runs them edge by edge, the straightforward path it is checked against.
+    False runs them edge by edge, the straightforward path it is checked against. ``checkpoint_cells=True``
+    recomputes each cell in the backward pass (:func:`nasplat.checkpointed_call`): less memory, more time.
     """
 
     def __init__(self, num_classes: int, C: int = 8, layers: int = 5, reductions: int = 2,
-                 stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64, fused: bool = True) -> None:
+                 stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64, fused: bool = True,
+                 checkpoint_cells: bool = False) -> None:
         super().__init__()
+        self.checkpoint_cells = checkpoint_cells
         self.add_arch_parameter("normal", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
         self.add_arch_parameter("reduce", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
 
@@ -182,7 +186,8 @@ class DartsSupernet(Supernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {name: torch.softmax(alpha, dim=-1) for name, alpha in self.arch.items()}
-        return self.net.run(x, lambda cell, s0, s1: cell(s0, s1, weights["reduce" if cell.reduction else "normal"]))
+        call = checkpointed_call if self.checkpoint_cells else lambda cell, *args: cell(*args)
+        return self.net.run(x, lambda cell, s0, s1: call(cell, s0, s1, weights["reduce" if cell.reduction else "normal"]))
 
 
 class _DiscreteCell(nn.Module):
@@ -248,8 +253,10 @@ class DartsSpace(SearchSpace):
         return DartsNetwork(genotype, num_classes, **options)
 
     def cost_model(self, image_size: int, C: int = 8, layers: int = 5, reductions: int = 2, stem_multiplier: int = 3,
-                   stem_stride: int = 1, head_channels: int = 64) -> DartsCostModel:
-        """The searched ops of the network these supernet options describe (``build`` takes the same options)."""
+                   stem_stride: int = 1, head_channels: int = 64, fused: bool = True,
+                   checkpoint_cells: bool = False) -> DartsCostModel:
+        """The searched ops of the network these supernet options describe (``build`` takes the same options; how
+        the supernet runs, ``fused`` and ``checkpoint_cells``, does not change them)."""
         cells = cell_layout(image_size, C, reduction_layers(layers, reductions), layers, stem_stride)
         options = {"C": C, "layers": layers, "reductions": reductions, "stem_multiplier": stem_multiplier,
                    "stem_stride": stem_stride, "head_channels": head_channels}

@@ -114,3 +114,23 @@ def test_fused_cell_groups_the_edges_leaving_each_state():
     cell = MixedCell(4, 4, ("skip_connect",), num_inputs=2)
     assert [[node for _, node in group] for group in cell.outgoing] == [
         [0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 3], [2, 3], [3], []]
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_darts_checkpoint_cells_matches_the_plain_supernet(order):
+    """Cell checkpointing (a memory-saving option) recomputes each cell in the backward pass: the same architecture
+    gradient (second order: under torch.func.functional_call) and one BN update per forward pass."""
+    results = []
+    for checkpoint_cells in (False, True):
+        torch.manual_seed(0)
+        model = nasplat.get_space("darts").supernet(CLASSES, checkpoint_cells=checkpoint_cells, **SPACES["darts"])
+        model.double()
+        w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.05, momentum=0.9)
+        a_opt = torch.optim.Adam(list(model.arch_parameters().values()), lr=3e-2)
+        bilevel = BilevelOptimizer(model, w_opt, a_opt, nn.functional.cross_entropy, order=order)
+        bilevel.weight_step(_batch("darts", 2))
+        results.append((bilevel.architecture_gradient(_batch("darts", 3), _batch("darts", 4))[0], model))
+    (grads_a, model_a), (grads_b, model_b) = results
+    for grad_a, grad_b in zip(grads_a, grads_b):
+        torch.testing.assert_close(grad_b, grad_a, rtol=1e-6, atol=1e-9)
+    _assert_same_state(model_a, model_b)

@@ -63,6 +63,8 @@ class SearchConfig(ExperimentConfig):
                                     "FLOPs and parameters are counted when absent)")
     top_k: int = option(3, "each trial logs its K strongest distinct genotypes (top_k_genotypes.json); `nasplat "
                         "retrain --rank N` takes the N-th")
+    channels_last: bool = option(True, "keep the supernet's weights and activations channels-last (NHWC): about 0.7x "
+                                 "the step time on CPUs (docs/performance.md); not yet timed on GPUs")
     picture_interval: int = option(5, "draw cells, arch heatmaps and prediction overlays every N epochs into the "
                                    "MLflow run (pictures/epoch_NNN/); 0 = only at the end (pictures/final/)")
 

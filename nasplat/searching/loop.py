@@ -89,6 +89,8 @@ class SupernetSearch:
         )
         self.model = self.space.supernet(num_classes=self.data.num_classes, **config.space_options).to(self.device)
         broadcast_module_(self.model)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.weight_optimizer = torch.optim.SGD(
             self.model.weight_parameters(), lr=config.w_lr, momentum=config.w_momentum, weight_decay=config.w_weight_decay
         )

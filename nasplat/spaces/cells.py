@@ -110,11 +110,9 @@ class MixedCell(nn.Module):
             group = GroupInput(states[state], len(edge_ids))
             total = None
             for k in range(edge_weights.shape[1]):
-                out = group_forward([self.edges[e].candidates[k] for e in edge_ids], group)
-                if out is None:
-                    continue
-                term = edge_weights[:, k].view(1, -1, 1, 1, 1) * out
-                total = term if total is None else total + term
+                term = group_forward([self.edges[e].candidates[k] for e in edge_ids], group, edge_weights[:, k])
+                if term is not None:
+                    total = term if total is None else total + term
             for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
                 incoming[node].append(total[:, j] if total is not None else self.edges[e](group.x, weights[e]))
         return states

@@ -9,11 +9,13 @@ is skipped. Parameters and buffers are the per-edge modules' own, so state dicts
 ``torch.func.functional_call`` and checkpoints see no difference; results agree with the per-edge
 path up to float rounding (``tests/test_fused_cell.py``).
 
-A group forward maps the op modules of the ``E`` edges (one per edge, same type and settings) and
-their shared :class:`GroupInput` to a tensor ``[N, E, C, H, W]`` (edge ``e``'s output at ``[:, e]``),
-``[N, 1, C, H, W]`` when every edge gives the same output, or ``None`` when the op adds nothing.
-Register one for an op type with :func:`register_group_forward`; op types without one run edge by
-edge, so any registered op works in a fused cell.
+A group forward maps the op modules of the ``E`` edges (one per edge, same type and settings), their
+shared :class:`GroupInput` and the edges' weights for this op (``[E]``) to ``[N, E, C, H, W]``: edge
+``e``'s output times its weight at ``[:, e]``; or to ``None`` when the op adds nothing. Ops that end in
+a BatchNorm fold the weight into it (a BN weight of ``w_e`` on edge ``e``'s channels), which saves a
+multiply and the tensor it would keep for the backward pass. Register one for an op type with
+:func:`register_group_forward`; op types without one run edge by edge, so any registered op works in a
+fused cell.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from torch import nn
 
 from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 
-__all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm"]
+__all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled"]
 
 
 class GroupInput:
@@ -51,12 +53,12 @@ class GroupInput:
         return self._repeated
 
 
-GroupForward = Callable[[Sequence[nn.Module], GroupInput], "torch.Tensor | None"]
+GroupForward = Callable[[Sequence[nn.Module], GroupInput, torch.Tensor], "torch.Tensor | None"]
 _GROUP_FORWARDS: dict[type, GroupForward] = {}
 
 
 def register_group_forward(op_type: type) -> Callable[[GroupForward], GroupForward]:
-    """Decorator: ``fn(modules, group_input)`` computes ``op_type`` for every edge of a group at once."""
+    """Decorator: ``fn(modules, group_input, scale)`` computes ``op_type`` for every edge of a group at once."""
 
     def decorator(fn: GroupForward) -> GroupForward:
         _GROUP_FORWARDS[op_type] = fn
@@ -65,12 +67,18 @@ def register_group_forward(op_type: type) -> Callable[[GroupForward], GroupForwa
     return decorator
 
 
-def group_forward(modules: Sequence[nn.Module], group: GroupInput) -> torch.Tensor | None:
-    """The outputs of ``modules`` (one per edge of the group) on the group's input; see the module doc."""
+def group_forward(modules: Sequence[nn.Module], group: GroupInput, scale: torch.Tensor) -> torch.Tensor | None:
+    """The outputs of ``modules`` (one per edge of the group) on the group's input, times ``scale``; see the module
+    doc."""
     fn = _GROUP_FORWARDS.get(type(modules[0]))
     if fn is None:
-        return torch.stack([module(group.x) for module in modules], dim=1)
-    return fn(modules, group)
+        return scaled(torch.stack([module(group.x) for module in modules], dim=1), scale)
+    return fn(modules, group, scale)
+
+
+def scaled(out: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``out`` (``[N, E or 1, C, H, W]``) times each edge's weight: ``[N, E, C, H, W]``."""
+    return scale.view(1, -1, 1, 1, 1) * out
 
 
 def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
@@ -82,33 +90,53 @@ def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.repeat(1, times, 1, 1)
 
 
-def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-    """BatchNorm of ``x`` (``[N, E*C, H, W]``), edge ``e``'s channels by ``norms[e]``, running statistics included.
+def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """BatchNorm of ``x`` (``[N, E*C, H, W]``), edge ``e``'s channels by ``norms[e]`` and, with ``scale``, times
+    ``scale[e]``; running statistics included.
 
     Batch statistics are per channel, so one call over the stacked channels is the same as one call per edge.
     """
     first = norms[0]
-    if len(norms) == 1:
+    if len(norms) == 1 and scale is None:
         return first(x)
     if not all(norm.track_running_stats for norm in norms):
-        return torch.cat([norm(part) for norm, part in zip(norms, x.chunk(len(norms), dim=1))], dim=1)
+        out = torch.cat([norm(part) for norm, part in zip(norms, x.chunk(len(norms), dim=1))], dim=1)
+        return out if scale is None else scaled(out.unflatten(1, (len(norms), -1)), scale).flatten(1, 2)
+    channels = x.shape[1] // len(norms)
     weight = torch.cat([norm.weight for norm in norms]) if first.affine else None
     bias = torch.cat([norm.bias for norm in norms]) if first.affine else None
-    running_mean = torch.cat([norm.running_mean for norm in norms])
-    running_var = torch.cat([norm.running_var for norm in norms])
+    if scale is not None:
+        per_channel = scale.repeat_interleave(channels)
+        weight = per_channel if weight is None else weight * per_channel
+        bias = None if bias is None else bias * per_channel
+    running_mean, running_var = _stacked_buffer(norms, "running_mean"), _stacked_buffer(norms, "running_var")
     momentum = first.momentum
     if first.training:
-        for norm in norms:
-            norm.num_batches_tracked.add_(1)
+        _stacked_buffer(norms, "num_batches_tracked").add_(1)
         if momentum is None:
             momentum = 1.0 / float(first.num_batches_tracked)
-    out = F.batch_norm(x, running_mean, running_var, weight, bias, first.training, momentum or 0.0, first.eps)
-    if first.training:
-        with torch.no_grad():
-            for norm, mean, var in zip(norms, running_mean.chunk(len(norms)), running_var.chunk(len(norms))):
-                norm.running_mean.copy_(mean)
-                norm.running_var.copy_(var)
-    return out
+    return F.batch_norm(x, running_mean, running_var, weight, bias, first.training, momentum or 0.0, first.eps)
+
+
+def _stacked_buffer(modules: Sequence[nn.Module], name: str) -> torch.Tensor:
+    """One tensor holding buffer ``name`` of every module, each module's buffer a view into it.
+
+    Linked on first use (and again after ``.to()`` or ``load_state_dict`` replaced the views), so that one
+    in-place update, e.g. by ``F.batch_norm``, updates every module's buffer without a copy per module.
+    """
+    buffers = [getattr(module, name) for module in modules]
+    base = buffers[0]._base
+    size = buffers[0].numel()
+    if base is not None and base.dim() == 1 and base.numel() == size * len(buffers) and all(
+        buffer._base is base and buffer.storage_offset() == base.storage_offset() + index * size
+        for index, buffer in enumerate(buffers)
+    ):
+        return base
+    stacked = torch.cat([buffer.reshape(-1) for buffer in buffers])
+    for index, module in enumerate(modules):
+        module._buffers[name] = stacked[index * size:(index + 1) * size].view_as(buffers[index])
+    return stacked
 
 
 def _grouped_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
@@ -120,55 +148,56 @@ def _grouped_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
     return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, first.groups * len(convs))
 
 
-def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]]) -> torch.Tensor:
+def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scale: torch.Tensor) -> torch.Tensor:
     """Run the (ReLU, depthwise, 1x1, BN) units of every edge; ``x`` is already ReLU'd for the first one."""
-    for index in range(0, len(units[0]), 4):
+    last = len(units[0]) - 4
+    for index in range(0, last + 4, 4):
         if index:
             x = torch.relu(x)
         x = _grouped_conv(x, [unit[index + 1] for unit in units])
         x = _grouped_conv(x, [unit[index + 2] for unit in units])
-        x = group_batch_norm(x, [unit[index + 3] for unit in units])
+        x = group_batch_norm(x, [unit[index + 3] for unit in units], scale if index == last else None)
     return x
 
 
 @register_group_forward(Zero)
-def _zero_group(modules: Sequence[Zero], group: GroupInput) -> None:
+def _zero_group(modules: Sequence[Zero], group: GroupInput, scale: torch.Tensor) -> None:
     return None
 
 
 @register_group_forward(Identity)
-def _identity_group(modules: Sequence[Identity], group: GroupInput) -> torch.Tensor:
-    return group.x.unsqueeze(1)
+def _identity_group(modules: Sequence[Identity], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
+    return scaled(group.x.unsqueeze(1), scale)
 
 
 @register_group_forward(PoolBN)
-def _pool_bn_group(modules: Sequence[PoolBN], group: GroupInput) -> torch.Tensor:
-    """Same input, same pool, BNs with equal statistics: one output for all edges; the others' BN state follows."""
+def _pool_bn_group(modules: Sequence[PoolBN], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
+    """Same input, same pool, BNs with equal statistics: one output for all edges."""
+    source = modules[0][1]
+    for module in modules[1:]:  # every edge's BN shares the first one's buffers: one update moves them all
+        for name, buffer in source.named_buffers():
+            if module[1]._buffers[name] is not buffer:
+                module[1]._buffers[name] = buffer
     out = modules[0](group.x)
-    if modules[0].training:
-        with torch.no_grad():
-            source = modules[0][1]
-            for module in modules[1:]:
-                for name, buffer in module[1].named_buffers():
-                    buffer.copy_(getattr(source, name))
-    return out.unsqueeze(1)
+    return scaled(out.unsqueeze(1), scale)
 
 
 @register_group_forward(SepConv)
 @register_group_forward(DilConv)
-def _separable_group(modules: Sequence[SepConv | DilConv], group: GroupInput) -> torch.Tensor:
-    out = _separable_units(group.repeated_relu, [module.op for module in modules])
+def _separable_group(modules: Sequence[SepConv | DilConv], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
+    out = _separable_units(group.repeated_relu, [module.op for module in modules], scale)
     return out.unflatten(1, (len(modules), -1))
 
 
 @register_group_forward(FactorizedReduce)
-def _factorized_reduce_group(modules: Sequence[FactorizedReduce], group: GroupInput) -> torch.Tensor:
+def _factorized_reduce_group(modules: Sequence[FactorizedReduce], group: GroupInput, scale: torch.Tensor
+                             ) -> torch.Tensor:
     edges = len(modules)
     relu = group.relu
     shifted = F.pad(relu, (0, 1, 0, 1))[:, :, 1:, 1:]
     first = _grouped_conv_shared(relu, [module.conv_1 for module in modules]).unflatten(1, (edges, -1))
     second = _grouped_conv_shared(shifted, [module.conv_2 for module in modules]).unflatten(1, (edges, -1))
-    out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules])
+    out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules], scale)
     return out.unflatten(1, (edges, -1))
 
 

@@ -53,7 +53,7 @@ class AtrousConv(nn.Module):
 
 
 @register_group_forward(AtrousConv)
-def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput) -> torch.Tensor:
+def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
     """The atrous convs of the edges leaving one state: one conv whose output channels stack the edges' filters."""
     x = group.relu
     first = modules[0]
@@ -62,7 +62,7 @@ def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput) -> torch.Ten
         x = functional.interpolate(x, size=half, mode="bilinear", align_corners=True)
     weight = torch.cat([module.conv.weight for module in modules])
     out = functional.conv2d(x, weight, None, 1, first.conv.padding, first.conv.dilation)
-    out = group_batch_norm(out, [module.bn for module in modules])
+    out = group_batch_norm(out, [module.bn for module in modules], scale)
     return out.unflatten(1, (len(modules), -1))
 
 

@@ -38,7 +38,7 @@ class AutoDeepLabSpace(SearchSpace):
     genotype_type = AutoDeepLabGenotype
 
     def supernet(self, num_classes: int, **options) -> AutoDeepLabSupernet:
-        """Options: ``F=8, L=12, B=5, beta_norm="paper", checkpoint_cells=False, stem_channels``."""
+        """Options: ``F=8, L=12, B=5, beta_norm="paper", checkpoint_cells=False, stem_channels, fused=True``."""
         return AutoDeepLabSupernet(num_classes, **options)
 
     def min_image_size(self, **options) -> int:
@@ -69,10 +69,10 @@ class AutoDeepLabSpace(SearchSpace):
         cell by the DARTS rule on i.i.d. Gaussian alpha (input pair and op uniform per block).
 
         Takes the supernet's options; only ``L``, ``B`` and ``beta_norm`` (recorded in the
-        genotype) matter, the others (``F``, ``checkpoint_cells``, ``stem_channels``) are accepted
-        and ignored.
+        genotype) matter, the others (``F``, ``checkpoint_cells``, ``stem_channels``, ``fused``) are
+        accepted and ignored.
         """
-        unknown = sorted(set(options) - {"F", "checkpoint_cells", "stem_channels"})
+        unknown = sorted(set(options) - {"F", "checkpoint_cells", "stem_channels", "fused"})
         if unknown:
             raise TypeError(f"{self.name} sample() got unknown supernet options {unknown}")
         if B < 1:
@@ -89,8 +89,9 @@ class AutoDeepLabSpace(SearchSpace):
 
     def cost_model(self, image_size: int, F: int = 8, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
                    beta_norm: str = DEFAULT_BETA_NORM, checkpoint_cells: bool = False,
-                   stem_channels: Sequence[int] = (64, 64, 128)) -> AutoDeepLabCostModel:
-        """The cell's ops at every level, for the retrain network with the supernet's ``F`` (:mod:`.cost`)."""
+                   stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True) -> AutoDeepLabCostModel:
+        """The cell's ops at every level, for the retrain network with the supernet's ``F`` (:mod:`.cost`); how the
+        supernet runs (``checkpoint_cells``, ``fused``) does not change it."""
         return AutoDeepLabCostModel(image_size, self.ops, F, L, B, {"F": F, "stem_channels": tuple(stem_channels)})
 
     def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int,

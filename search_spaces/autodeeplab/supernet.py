@@ -25,10 +25,8 @@ from typing import Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
-from torch.utils.checkpoint import checkpoint
 
-from nasplat import MixedCell, ReLUConvBN, Supernet, cell_edges, resize_to
+from nasplat import MixedCell, ReLUConvBN, Supernet, cell_edges, checkpointed_call, resize_to
 
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (
@@ -153,24 +151,9 @@ class AutoDeepLabSupernet(Supernet):
 
     def _cell(self, node: SearchNode, direction: str, h1: torch.Tensor, s0: torch.Tensor | None,
               weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        if not (self.checkpoint_cells and torch.is_grad_enabled()):
-            return node(direction, h1, s0, weights, size)
-        # The recomputation runs in the backward pass, after a torch.func.functional_call (the
-        # second-order arch step evaluates the net at w' and w+-) has put the module's own
-        # parameters back: rerun with the tensors the forward pass actually used. It also gets
-        # throwaway copies of the BN buffers, so running statistics are updated once, as without
-        # checkpointing.
-        params = dict(node.named_parameters())
-        calls = []
-
-        def run(h1: torch.Tensor, s0: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
-            tensors = params
-            if calls:
-                tensors = {**params, **{name: b.clone() for name, b in node.named_buffers()}}
-            calls.append(None)
-            return functional_call(node, tensors, (direction, h1, s0, weights, size))
-
-        return checkpoint(run, h1, s0, weights, use_reentrant=False)
+        if self.checkpoint_cells:
+            return checkpointed_call(node, direction, h1, s0, weights, size)
+        return node(direction, h1, s0, weights, size)
 
     def decode_options(self) -> dict[str, object]:
         return {"beta_norm": self.beta_norm}

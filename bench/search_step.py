@@ -1,0 +1,156 @@
+"""Time and peak memory of one supernet search step: the fast path beside the straightforward per-edge path.
+
+For each configuration (the DARTS and Auto-DeepLab sizes of issue 13, the papers' search sizes where
+memory allows), each path and each step kind, a fresh process (this script with ``--child``) builds the
+supernet, the search optimisers (SGD momentum 0.9 on the weights, Adam on the architecture) and a
+:class:`nasplat.BilevelOptimizer`, runs ``--warmup`` steps, then times ``--steps`` steps:
+
+* ``weight``: :meth:`BilevelOptimizer.weight_step` (forward, backward, clip, SGD step) on split A;
+* ``arch1``: the first-order architecture step (forward and backward on split B, Adam step);
+* ``arch2``: the second-order architecture step (unrolled weights, finite-difference Hessian-vector product).
+
+Peak memory is the process's resident-set high-water mark (``ru_maxrss``) minus its RSS right after
+``import torch`` and the spaces, so each (configuration, path, step) needs its own process.
+
+Paths (``--paths``): ``per-edge`` is the straightforward implementation (``fused=False``: every candidate
+of every edge its own kernels, NCHW tensors), ``fast`` the default (``fused=True`` and channels-last
+tensors, as ``nasplat search`` runs). ``fused`` and ``channels-last`` are the two levers alone.
+
+    python bench/search_step.py                       # the issue's configurations, 10 steps each
+    python bench/search_step.py --configs darts-c8 --kinds weight --steps 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MARKER = "RESULT "
+CONFIGS: dict[str, dict] = {
+    # name: space, supernet options, batch, crop, classes
+    "darts-c8": dict(space="darts", options=dict(C=8, layers=5), batch=16, crop=32, classes=10),
+    "darts-c16": dict(space="darts", options=dict(C=16, layers=8), batch=16, crop=32, classes=10),
+    "adl-f4-64": dict(space="autodeeplab", options=dict(F=4, L=6, B=5), batch=2, crop=64, classes=19),
+    "adl-f4-128": dict(space="autodeeplab", options=dict(F=4, L=6, B=5), batch=2, crop=128, classes=19),
+    "adl-f8-64": dict(space="autodeeplab", options=dict(F=8, L=12, B=5), batch=2, crop=64, classes=19),
+    "adl-f8-128": dict(space="autodeeplab", options=dict(F=8, L=12, B=5), batch=2, crop=128, classes=19),
+    "adl-f8-321": dict(space="autodeeplab", options=dict(F=8, L=12, B=5), batch=2, crop=321, classes=19),
+}
+DEFAULT_CONFIGS = ("darts-c8", "darts-c16", "adl-f4-64", "adl-f4-128", "adl-f8-64", "adl-f8-128")
+PATHS = {"per-edge": (False, False), "fused": (True, False), "channels-last": (False, True), "fast": (True, True)}
+KINDS = ("weight", "arch1", "arch2")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threads: int) -> dict:
+    """Build, warm up and time one step kind of one path; return the figures."""
+    import torch
+
+    import nasplat
+
+    nasplat.get_space("darts"), nasplat.get_space("autodeeplab")  # the spaces' imports count as the base too
+    base_kib = _rss_kib()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = CONFIGS[config_name]
+    fused, channels_last = PATHS[path]
+    model = nasplat.get_space(config["space"]).supernet(config["classes"], fused=fused, **config["options"])
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(list(model.arch_parameters().values()), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    order = 2 if kind == "arch2" else 1
+    bilevel = nasplat.BilevelOptimizer(model, w_opt, a_opt, torch.nn.functional.cross_entropy, order=order)
+    generator = torch.Generator().manual_seed(1)
+
+    def batch():
+        size = (config["batch"], 3, config["crop"], config["crop"])
+        return (torch.randn(size, generator=generator),
+                torch.randint(0, config["classes"], (config["batch"], config["crop"], config["crop"]), generator=generator))
+
+    batch_a, batch_b = batch(), batch()
+    bilevel.weight_step(batch_a)  # momentum buffers exist, as in a running search
+    times = []
+    for index in range(warmup + steps):
+        started = time.perf_counter()
+        if kind == "weight":
+            bilevel.weight_step(batch_a)
+        else:
+            bilevel.arch_step(batch_a, batch_b)
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "peak_mib": (peak_kib - base_kib) / 1024}
+
+
+def run_child(config: str, path: str, kind: str, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--child", config, path, kind, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    for line in done.stdout.splitlines():
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER):])
+    reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return {"error": f"exit {done.returncode}: {reason[:120]}"}
+
+
+def _cell(result: dict, key: str, fmt: str) -> str:
+    return "failed" if "error" in result else format(result[key], fmt)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=sorted(CONFIGS))
+    parser.add_argument("--paths", nargs="+", default=["per-edge", "fast"], choices=list(PATHS))
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds before a child is given up")
+    parser.add_argument("--json", type=Path, help="also write every result to this file")
+    parser.add_argument("--child", nargs=3, metavar=("CONFIG", "PATH", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(MARKER + json.dumps(child(*args.child, args.steps, args.warmup, args.threads)), flush=True)
+        return
+
+    import torch  # only for the header
+
+    print(f"# search step, torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps after "
+          f"{args.warmup} warm-up; ratio = path / {args.paths[0]}")
+    print("| config | step | path | median s | min-max s | ratio | peak MiB | ratio |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    records = []
+    for config in args.configs:
+        for kind in args.kinds:
+            base = None
+            for path in args.paths:
+                result = run_child(config, path, kind, args)
+                records.append({"config": config, "step": kind, "path": path, **result})
+                base = base or result
+                ok = "error" not in result and "error" not in base
+                time_ratio = f"{result['median_s'] / base['median_s']:.2f}" if ok else "-"
+                mem_ratio = f"{result['peak_mib'] / base['peak_mib']:.2f}" if ok else "-"
+                spread = "failed" if "error" in result else f"{result['min_s']:.2f}-{result['max_s']:.2f}"
+                print(f"| {config} | {kind} | {path} | {_cell(result, 'median_s', '.3f')} | {spread} | {time_ratio} "
+                      f"| {_cell(result, 'peak_mib', '.0f')} | {mem_ratio} |", flush=True)
+                if "error" in result:
+                    print(f"<!-- {config} {kind} {path}: {result['error']} -->", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()
