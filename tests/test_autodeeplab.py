@@ -449,15 +449,17 @@ def test_supernet_default_cell_width():
 
 
 def test_checkpoint_cells_same_output_and_gradients():
+    # float64: the plain fused net runs the H^{l-2} edges once per node, the checkpointed one once per move
     kwargs = dict(num_classes=3, L=3, B=2, **TINY)
-    plain = AutoDeepLabSupernet(**kwargs)
-    ckpt = AutoDeepLabSupernet(checkpoint_cells=True, **kwargs)
+    torch.manual_seed(0)
+    plain = AutoDeepLabSupernet(**kwargs).double()
+    ckpt = AutoDeepLabSupernet(checkpoint_cells=True, **kwargs).double()
     with torch.no_grad():  # non-uniform architecture so every weight matters
         for p in plain.arch_parameters().values():
             p.normal_()
     ckpt.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 33, 31)
-    target = torch.randn(2, 3, 33, 31)
+    x = torch.randn(2, 3, 33, 31, dtype=torch.float64)
+    target = torch.randn(2, 3, 33, 31, dtype=torch.float64)
     outputs = []
     for net in (plain, ckpt):
         out = net(x)
@@ -538,8 +540,10 @@ def test_second_cell_input_is_the_stem_or_the_same_stride_node_or_nothing():
 
 def test_missing_second_input_edges_add_nothing_to_the_alpha_gradient():
     torch.manual_seed(0)
-    # float64: the two gradients below sum the same terms in different orders
-    net = AutoDeepLabSupernet(num_classes=3, F=2, L=4, B=2, stem_channels=(8, 8, 16)).double()
+    # float64: the two gradients below sum the same terms in different orders. Per-edge path: every alpha
+    # gradient then flows through a cell call (the fused path shares H^{l-2}'s edges between calls, with the same
+    # gradients: tests/test_fused_cell.py)
+    net = AutoDeepLabSupernet(num_classes=3, F=2, L=4, B=2, stem_channels=(8, 8, 16), fused=False).double()
     with torch.no_grad():
         for p in net.arch_parameters().values():
             p.normal_()
@@ -549,7 +553,8 @@ def test_missing_second_input_edges_add_nothing_to_the_alpha_gradient():
     calls = []  # (layer, level, the weights this cell call saw as a leaf of its own)
     for layer, nodes in enumerate(net.cells):
         for level, node in nodes.items():
-            def run(direction, h1, s0, weights, size, forward=node.forward, key=(layer, int(level))):
+            def run(direction, h1, s0, weights, size, s0_terms=None, forward=node.forward, key=(layer, int(level))):
+                assert s0_terms is None
                 leaf = weights.detach().requires_grad_()
                 calls.append((*key, leaf))
                 return forward(direction, h1, s0, leaf, size)

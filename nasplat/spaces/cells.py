@@ -7,7 +7,7 @@ official DARTS code (rows 0, 2, 5, 9 start nodes 0..3 of a 4-node cell).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,10 +83,15 @@ class MixedCell(nn.Module):
         self.outgoing = [[(e, node) for e, (node, s) in enumerate(edges) if s == state]
                          for state in range(num_inputs + num_nodes)]
 
-    def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
-        """Return every state (inputs first, then nodes); ``weights`` is [edges, ops], softmaxed."""
+    def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor,
+                input_terms: Mapping[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Return every state (inputs first, then nodes); ``weights`` is [edges, ops], softmaxed.
+
+        ``input_terms`` (fused only): input index -> its :meth:`edge_terms`, computed once by a caller that runs
+        the cell several times on the same input.
+        """
         if self.fused:
-            return self._fused_forward(inputs, weights)
+            return self._fused_forward(inputs, weights, input_terms or {})
         states = list(inputs)
         edge = 0
         for _ in range(self.num_nodes):
@@ -97,7 +102,21 @@ class MixedCell(nn.Module):
             states.append(total)
         return states
 
-    def _fused_forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+    def edge_terms(self, state: int, x: torch.Tensor, weights: torch.Tensor, updates: int = 1) -> torch.Tensor | None:
+        """``[N, E, C, H, W]``: the weighted mixed-op outputs of the ``E`` edges leaving ``state`` (value ``x``), in
+        :attr:`outgoing` order; None when every op adds nothing. ``updates``: see :class:`GroupInput`."""
+        edge_ids = [e for e, _ in self.outgoing[state]]
+        edge_weights = weights[edge_ids]
+        group = GroupInput(x, len(edge_ids), updates)
+        total = None
+        for k in range(edge_weights.shape[1]):
+            term = group_forward([self.edges[e].candidates[k] for e in edge_ids], group, edge_weights[:, k])
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def _fused_forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor,
+                       input_terms: Mapping[int, torch.Tensor]) -> list[torch.Tensor]:
         states = list(inputs)
         incoming: list[list[torch.Tensor]] = [[] for _ in range(self.num_nodes)]
         for state, outgoing in enumerate(self.outgoing):
@@ -105,16 +124,9 @@ class MixedCell(nn.Module):
                 states.append(_sum(incoming[state - self.num_inputs]))
             if not outgoing:
                 continue
-            edge_ids = [e for e, _ in outgoing]
-            edge_weights = weights[edge_ids]
-            group = GroupInput(states[state], len(edge_ids))
-            total = None
-            for k in range(edge_weights.shape[1]):
-                term = group_forward([self.edges[e].candidates[k] for e in edge_ids], group, edge_weights[:, k])
-                if term is not None:
-                    total = term if total is None else total + term
+            total = input_terms[state] if state in input_terms else self.edge_terms(state, states[state], weights)
             for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
-                incoming[node].append(total[:, j] if total is not None else self.edges[e](group.x, weights[e]))
+                incoming[node].append(total[:, j] if total is not None else self.edges[e](states[state], weights[e]))
         return states
 
 

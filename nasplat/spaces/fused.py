@@ -31,11 +31,16 @@ __all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forwar
 
 
 class GroupInput:
-    """One state and what the edges leaving it share: its ReLU, and that ReLU repeated once per edge."""
+    """One state and what the edges leaving it share: its ReLU, and that ReLU repeated once per edge.
 
-    def __init__(self, x: torch.Tensor, edges: int) -> None:
+    ``updates``: how many BatchNorm updates one pass stands for (a cell whose input-0 edges serve several calls
+    runs them once and moves the running statistics as that many calls would, see :func:`group_batch_norm`).
+    """
+
+    def __init__(self, x: torch.Tensor, edges: int, updates: int = 1) -> None:
         self.x = x
         self.edges = edges
+        self.updates = updates
         self._relu: torch.Tensor | None = None
         self._repeated: torch.Tensor | None = None
 
@@ -90,15 +95,15 @@ def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.repeat(1, times, 1, 1)
 
 
-def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None
-                     ) -> torch.Tensor:
+def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d], scale: torch.Tensor | None = None,
+                     updates: int = 1) -> torch.Tensor:
     """BatchNorm of ``x`` (``[N, E*C, H, W]``), edge ``e``'s channels by ``norms[e]`` and, with ``scale``, times
-    ``scale[e]``; running statistics included.
+    ``scale[e]``; running statistics moved as ``updates`` calls on this batch would move them.
 
     Batch statistics are per channel, so one call over the stacked channels is the same as one call per edge.
     """
     first = norms[0]
-    if len(norms) == 1 and scale is None:
+    if len(norms) == 1 and scale is None and updates == 1:
         return first(x)
     if not all(norm.track_running_stats for norm in norms):
         out = torch.cat([norm(part) for norm, part in zip(norms, x.chunk(len(norms), dim=1))], dim=1)
@@ -113,9 +118,11 @@ def group_batch_norm(x: torch.Tensor, norms: Sequence[nn.BatchNorm2d], scale: to
     running_mean, running_var = _stacked_buffer(norms, "running_mean"), _stacked_buffer(norms, "running_var")
     momentum = first.momentum
     if first.training:
-        _stacked_buffer(norms, "num_batches_tracked").add_(1)
-        if momentum is None:
-            momentum = 1.0 / float(first.num_batches_tracked)
+        _stacked_buffer(norms, "num_batches_tracked").add_(updates)
+        if momentum is None:  # cumulative average over all batches seen
+            momentum = updates / float(first.num_batches_tracked)
+        else:  # k equal exponential updates: r <- (1-m)^k r + (1 - (1-m)^k) s
+            momentum = 1.0 - (1.0 - momentum) ** updates
     return F.batch_norm(x, running_mean, running_var, weight, bias, first.training, momentum or 0.0, first.eps)
 
 
@@ -148,7 +155,8 @@ def _grouped_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
     return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, first.groups * len(convs))
 
 
-def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scale: torch.Tensor) -> torch.Tensor:
+def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scale: torch.Tensor, updates: int
+                     ) -> torch.Tensor:
     """Run the (ReLU, depthwise, 1x1, BN) units of every edge; ``x`` is already ReLU'd for the first one."""
     last = len(units[0]) - 4
     for index in range(0, last + 4, 4):
@@ -156,7 +164,7 @@ def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scal
             x = torch.relu(x)
         x = _grouped_conv(x, [unit[index + 1] for unit in units])
         x = _grouped_conv(x, [unit[index + 2] for unit in units])
-        x = group_batch_norm(x, [unit[index + 3] for unit in units], scale if index == last else None)
+        x = group_batch_norm(x, [unit[index + 3] for unit in units], scale if index == last else None, updates)
     return x
 
 
@@ -174,18 +182,18 @@ def _identity_group(modules: Sequence[Identity], group: GroupInput, scale: torch
 def _pool_bn_group(modules: Sequence[PoolBN], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
     """Same input, same pool, BNs with equal statistics: one output for all edges."""
     source = modules[0][1]
+    out = group_batch_norm(modules[0][0](group.x), [source], updates=group.updates)
     for module in modules[1:]:  # every edge's BN shares the first one's buffers: one update moves them all
         for name, buffer in source.named_buffers():
             if module[1]._buffers[name] is not buffer:
                 module[1]._buffers[name] = buffer
-    out = modules[0](group.x)
     return scaled(out.unsqueeze(1), scale)
 
 
 @register_group_forward(SepConv)
 @register_group_forward(DilConv)
 def _separable_group(modules: Sequence[SepConv | DilConv], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
-    out = _separable_units(group.repeated_relu, [module.op for module in modules], scale)
+    out = _separable_units(group.repeated_relu, [module.op for module in modules], scale, group.updates)
     return out.unflatten(1, (len(modules), -1))
 
 
@@ -197,7 +205,8 @@ def _factorized_reduce_group(modules: Sequence[FactorizedReduce], group: GroupIn
     shifted = F.pad(relu, (0, 1, 0, 1))[:, :, 1:, 1:]
     first = _grouped_conv_shared(relu, [module.conv_1 for module in modules]).unflatten(1, (edges, -1))
     second = _grouped_conv_shared(shifted, [module.conv_2 for module in modules]).unflatten(1, (edges, -1))
-    out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules], scale)
+    out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules], scale,
+                           group.updates)
     return out.unflatten(1, (edges, -1))
 
 

@@ -62,7 +62,7 @@ def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput, scale: torch
         x = functional.interpolate(x, size=half, mode="bilinear", align_corners=True)
     weight = torch.cat([module.conv.weight for module in modules])
     out = functional.conv2d(x, weight, None, 1, first.conv.padding, first.conv.dilation)
-    out = group_batch_norm(out, [module.bn for module in modules], scale)
+    out = group_batch_norm(out, [module.bn for module in modules], scale, group.updates)
     return out.unflatten(1, (len(modules), -1))
 
 

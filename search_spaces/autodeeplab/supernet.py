@@ -9,6 +9,8 @@ Paper eq. 6: the state at stride ``s`` of layer ``l`` is ``sum over moves m in {
   ReLU-1x1 conv-BN, same level through ReLU-1x1 conv-BN. Level sizes: :func:`level_sizes`.
 * **Cell weights**: one :class:`nasplat.MixedCell` per (layer, level) node, run once per incoming
   move (as in the NoamRosenberg port), with one input preprocessing per move and one for ``H^{l-2}``.
+  The fused path runs the edges leaving ``H^{l-2}`` once per node, not once per move (they see the
+  same input): same outputs, gradients and BN running statistics, less time and memory.
 * **H^{l-2}** as in TF ``hnasnet``, the network the project retrains: layer 0 gets the stem's
   stride-2 output and layer 1 the stem's stride-4 output, resized bilinearly to the node's size
   (at every level those layers reach). From layer 2 on it is the node of layer ``l-2`` at the same
@@ -73,13 +75,14 @@ class SearchNode(nn.Module):
         return {-1: "down", 0: "same", 1: "up"}[source - level]
 
     def forward(self, direction: str, h1: torch.Tensor, s0: torch.Tensor | None, weights: torch.Tensor,
-                size: Sequence[int]) -> torch.Tensor:
-        """One move into this node: ``H^{l-1}`` from the ``direction`` side, ``s0`` = preprocessed ``H^{l-2}``."""
+                size: Sequence[int], s0_terms: torch.Tensor | None = None) -> torch.Tensor:
+        """One move into this node: ``H^{l-1}`` from the ``direction`` side, ``s0`` = preprocessed ``H^{l-2}``;
+        ``s0_terms``: the DAG's edges leaving ``s0`` (``self.dag.edge_terms``), when the caller shares them."""
         if direction == "up":
             h1 = resize_to(h1, size)
         s1 = self.pre[direction](h1)
         if self.rows is None:
-            states = self.dag([s0, s1], weights)
+            states = self.dag([s0, s1], weights, None if s0_terms is None else {0: s0_terms})
         else:
             states = self.dag([s1], weights[self.rows])
         return torch.cat(states[-self.blocks:], dim=1)
@@ -150,10 +153,10 @@ class AutoDeepLabSupernet(Supernet):
         })
 
     def _cell(self, node: SearchNode, direction: str, h1: torch.Tensor, s0: torch.Tensor | None,
-              weights: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+              weights: torch.Tensor, size: Sequence[int], s0_terms: torch.Tensor | None) -> torch.Tensor:
         if self.checkpoint_cells:
             return checkpointed_call(node, direction, h1, s0, weights, size)
-        return node(direction, h1, s0, weights, size)
+        return node(direction, h1, s0, weights, size, s0_terms=s0_terms)
 
     def decode_options(self) -> dict[str, object]:
         return {"beta_norm": self.beta_norm}
@@ -181,11 +184,15 @@ class AutoDeepLabSupernet(Supernet):
                 s0 = None
                 if node.pre0 is not None:  # H^{l-2}: a stem output for layers 0 and 1, resized (TF hnasnet)
                     s0 = node.pre0(resize_to((half, stem)[layer], sizes[level]) if layer < 2 else prev_prev[level])
+                sources = [source for source in (level - 1, level, level + 1) if source in prev]
+                s0_terms = None
+                if s0 is not None and node.dag.fused and not self.checkpoint_cells:
+                    # every move reads the same H^{l-2}: its edges run once, as the len(sources) runs would
+                    s0_terms = node.dag.edge_terms(0, s0, weights, updates=len(sources))
                 total = 0
-                for source in (level - 1, level, level + 1):
-                    if source not in prev:
-                        continue
-                    out = self._cell(node, node.direction(source, level), prev[source], s0, weights, sizes[level])
+                for source in sources:
+                    out = self._cell(node, node.direction(source, level), prev[source], s0, weights, sizes[level],
+                                     s0_terms)
                     total = total + move_weights[layer, source, level - source + 1] * out
                 new[level] = total
             prev_prev, prev = prev, new
