@@ -10,11 +10,13 @@ supernet, the search optimisers (SGD momentum 0.9 on the weights, Adam on the ar
 * ``arch2``: the second-order architecture step (unrolled weights, finite-difference Hessian-vector product).
 
 Peak memory is the process's resident-set high-water mark (``ru_maxrss``) minus its RSS right after
-``import torch`` and the spaces, so each (configuration, path, step) needs its own process.
+``import torch`` and the spaces, so each (configuration, path, step) needs its own process; with
+``--device cuda`` it is the GPU memory allocated at most during the timed steps.
 
 Paths (``--paths``): ``per-edge`` is the straightforward implementation (``fused=False``: every candidate
 of every edge its own kernels, NCHW tensors), ``fast`` the default (``fused=True`` and channels-last
-tensors, as ``nasplat search`` runs). ``fused`` and ``channels-last`` are the two levers alone.
+tensors, as ``nasplat search`` runs). ``fused`` and ``channels-last`` are the two levers alone;
+``fast-checkpoint`` adds cell checkpointing (``--space-option checkpoint_cells=true``), a memory-saving mode.
 
     python bench/search_step.py                       # the issue's configurations, 10 steps each
     python bench/search_step.py --configs darts-c8 --kinds weight --steps 5
@@ -42,7 +44,10 @@ CONFIGS: dict[str, dict] = {
     "adl-f8-321": dict(space="autodeeplab", options=dict(F=8, L=12, B=5), batch=2, crop=321, classes=19),
 }
 DEFAULT_CONFIGS = ("darts-c8", "darts-c16", "adl-f4-64", "adl-f4-128", "adl-f8-64", "adl-f8-128")
-PATHS = {"per-edge": (False, False), "fused": (True, False), "channels-last": (False, True), "fast": (True, True)}
+PATHS = {  # name: fused, channels-last, checkpoint_cells
+    "per-edge": (False, False, False), "fused": (True, False, False), "channels-last": (False, True, False),
+    "fast": (True, True, False), "fast-checkpoint": (True, True, True),
+}
 KINDS = ("weight", "arch1", "arch2")
 
 
@@ -53,8 +58,8 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threads: int) -> dict:
-    """Build, warm up and time one step kind of one path; return the figures."""
+def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threads: int, device: str) -> dict:
+    """Build, warm up and time one step kind of one path; return the figures (peak: GPU memory on CUDA)."""
     import torch
 
     import nasplat
@@ -64,8 +69,9 @@ def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threa
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = CONFIGS[config_name]
-    fused, channels_last = PATHS[path]
-    model = nasplat.get_space(config["space"]).supernet(config["classes"], fused=fused, **config["options"])
+    fused, channels_last, checkpoint_cells = PATHS[path]
+    model = nasplat.get_space(config["space"]).supernet(
+        config["classes"], fused=fused, checkpoint_cells=checkpoint_cells, **config["options"]).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -76,28 +82,36 @@ def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threa
 
     def batch():
         size = (config["batch"], 3, config["crop"], config["crop"])
-        return (torch.randn(size, generator=generator),
-                torch.randint(0, config["classes"], (config["batch"], config["crop"], config["crop"]), generator=generator))
+        labels = torch.randint(0, config["classes"], (config["batch"], config["crop"], config["crop"]), generator=generator)
+        return torch.randn(size, generator=generator).to(device), labels.to(device)
 
     batch_a, batch_b = batch(), batch()
     bilevel.weight_step(batch_a)  # momentum buffers exist, as in a running search
+    cuda = device.startswith("cuda")
     times = []
     for index in range(warmup + steps):
+        if cuda:
+            torch.cuda.synchronize()
+            if index == warmup:
+                torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         if kind == "weight":
             bilevel.weight_step(batch_a)
         else:
             bilevel.arch_step(batch_a, batch_b)
+        if cuda:
+            torch.cuda.synchronize()
         if index >= warmup:
             times.append(time.perf_counter() - started)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "peak_mib": (peak_kib - base_kib) / 1024}
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) / 1024
+    if cuda:
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "peak_mib": peak_mib}
 
 
 def run_child(config: str, path: str, kind: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--child", config, path, kind, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--threads", str(args.threads)]
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device", args.device]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     for line in done.stdout.splitlines():
         if line.startswith(MARKER):
@@ -118,18 +132,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (peak memory: GPU memory allocated)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a child is given up")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     parser.add_argument("--child", nargs=3, metavar=("CONFIG", "PATH", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(MARKER + json.dumps(child(*args.child, args.steps, args.warmup, args.threads)), flush=True)
+        print(MARKER + json.dumps(child(*args.child, args.steps, args.warmup, args.threads, args.device)), flush=True)
         return
 
     import torch  # only for the header
 
-    print(f"# search step, torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps after "
-          f"{args.warmup} warm-up; ratio = path / {args.paths[0]}")
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    print(f"# search step, torch {torch.__version__}, {device}, median of {args.steps} steps after {args.warmup} "
+          f"warm-up; ratio = path / {args.paths[0]}; {time.strftime('%Y-%m-%d')}")
     print("| config | step | path | median s | min-max s | ratio | peak MiB | ratio |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     records = []

@@ -7,7 +7,7 @@ import torch
 from conftest import spawn_gloo
 
 from nasplat.searching.config import SearchConfig
-from nasplat.training.collectives import average_
+from nasplat.training.collectives import average_, broadcast_module_
 from nasplat.searching.loop import SupernetSearch
 
 TINY = dict(image_size=16, train_samples=16, val_samples=4, epochs=2, batch_size=2, workers=2,
@@ -54,3 +54,24 @@ def test_average_gives_the_mean_of_every_worker(tmp_path):
         first, second = torch.load(tmp_path / f"avg{rank}.pt", weights_only=True)
         assert torch.equal(first, torch.full((2, 3), 1.5))
         assert torch.equal(second, torch.arange(4, dtype=torch.float64) * 1.5)
+
+
+def _broadcast_worker(rank: int, out_dir: str) -> None:
+    torch.manual_seed(rank)  # different weights and buffers on every worker
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    module[1].running_mean.normal_()
+    module[1].num_batches_tracked += rank + 1
+    if rank == 1:  # a channels-last copy on one side: values, not memory layouts, are sent
+        module.to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    broadcast_module_(module)
+    torch.save({"before": before, "after": module.state_dict()}, os.path.join(out_dir, f"bcast{rank}.pt"))
+
+
+def test_broadcast_module_copies_rank_0s_parameters_and_buffers(tmp_path):
+    spawn_gloo(_broadcast_worker, tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"bcast{r}.pt", weights_only=True) for r in (0, 1))
+    assert not torch.equal(r0["before"]["0.weight"], r1["before"]["0.weight"])
+    for name, value in r0["before"].items():
+        assert torch.equal(r0["after"][name], value), name
+        assert torch.equal(r1["after"][name], value), name

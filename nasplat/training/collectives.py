@@ -5,7 +5,7 @@ the gradient of the global batch and all workers keep identical weights and arch
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,11 +26,20 @@ def average_(tensors: Sequence[torch.Tensor | None]) -> None:
     present = [t for t in tensors if t is not None]
     if size == 1 or not present:
         return
-    for dtype in sorted({t.dtype for t in present}, key=str):  # same order on every worker
-        group = [t for t in present if t.dtype == dtype]
-        flat = torch.cat([t.reshape(-1) for t in group])
+
+    def all_reduce_mean(flat: torch.Tensor) -> None:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat /= size
+
+    _flat_collective_(present, all_reduce_mean)
+
+
+def _flat_collective_(tensors: Sequence[torch.Tensor], collective: Callable[[torch.Tensor], None]) -> None:
+    """Run ``collective`` in place on one flat tensor per dtype of ``tensors``, then copy the result back."""
+    for dtype in sorted({t.dtype for t in tensors}, key=str):  # same order on every worker
+        group = [t for t in tensors if t.dtype == dtype]
+        flat = torch.cat([t.reshape(-1) for t in group])
+        collective(flat)
         offset = 0
         for t in group:
             t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -38,12 +47,12 @@ def average_(tensors: Sequence[torch.Tensor | None]) -> None:
 
 
 def broadcast_module_(module: nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers to every worker."""
+    """Copy rank ``src``'s parameters and buffers to every worker, with one flat broadcast per dtype."""
     if world_size() == 1:
         return
     with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=src)
+        _flat_collective_([t.data for t in [*module.parameters(), *module.buffers()]],
+                          lambda flat: dist.broadcast(flat, src=src))
 
 
 def average_buffers_(module: nn.Module) -> None:
