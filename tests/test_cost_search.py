@@ -230,3 +230,21 @@ def test_profile_ops_warns_when_the_timings_are_noisy(tmp_path, monkeypatch, cap
     _profile(tmp_path, 16)
     assert "warning: 21 of 21 ops timed with an interquartile range above 50% of their median" in \
         capsys.readouterr().err
+
+
+def test_darts_expected_cost_at_uniform_alpha_is_the_hand_sum_over_every_cell():
+    """Every cell of the layout counts (normal cells share one alpha, and so do reduction cells): at uniform alpha
+    an edge costs the mean of its 7 non-`none` ops, times the share 2 / fan-in of edges its node keeps."""
+    space = nasplat.get_space("darts")
+    model = space.cost_model(16, C=4, layers=4, reductions=2)
+    costs = {shape: float(index + 1) for index, shape in enumerate(model.op_shapes())}
+    ops = [k for k, name in enumerate(space.ops) if name != "none"]
+    hand = 0.0
+    for channels, size, reduction in model.cells:
+        grid = cell_op_shapes(space.ops, 4, channels, size, 2 if reduction else 1)
+        for (node, _), row in zip(cell_edges(4), grid):
+            hand += 2 / (2 + node) * sum(costs[row[k]] for k in ops) / len(ops)
+    uniform = {name: torch.zeros(len(cell_edges(4)), len(space.ops), dtype=torch.float64)
+               for name in ("normal", "reduce")}
+    assert len(model.cells) == 4 and sum(red for _, _, red in model.cells) == 2
+    assert float(model.expected(uniform, costs)) == pytest.approx(hand, rel=1e-12)
