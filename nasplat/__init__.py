@@ -22,7 +22,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "nasplat.searching.topk": ("k_best", "top_cells"),
     "nasplat.spaces.cells": ("DiscreteCell", "MixedCell", "OpChoice", "cell_edges", "decode_cell", "resize_to"),
     "nasplat.spaces.checkpointing": ("checkpointed_call",),
-    "nasplat.spaces.fused": ("GroupInput", "group_batch_norm", "register_group_forward"),
+    "nasplat.spaces.fused": ("GroupInput", "group_batch_norm", "register_group_forward", "stacked_conv"),
     "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
                                 "load_genotype", "register_space"),
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
     from nasplat.searching.config import SearchConfig
     from nasplat.spaces.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
     from nasplat.spaces.checkpointing import checkpointed_call
-    from nasplat.spaces.fused import GroupInput, group_batch_norm, register_group_forward
+    from nasplat.spaces.fused import GroupInput, group_batch_norm, register_group_forward, stacked_conv
     from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype
     from nasplat.spaces.ops import (DARTS_OPS, DilConv, FactorizedReduce, Identity, MixedOp, PoolBN, ReLUConvBN, SepConv,
                                     UnknownOpError, Zero, build_op, get_op, register_op, registered_ops)

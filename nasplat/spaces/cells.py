@@ -82,6 +82,11 @@ class MixedCell(nn.Module):
         # per state: the edges that leave it, as (edge index, node), in node order
         self.outgoing = [[(e, node) for e, (node, s) in enumerate(edges) if s == state]
                          for state in range(num_inputs + num_nodes)]
+        # the same edge indices, state after state, on the module's device (no host index per forward pass)
+        self.register_buffer("edges_by_state", torch.tensor([e for group in self.outgoing for e, _ in group]),
+                             persistent=False)
+        ends = [sum(map(len, self.outgoing[: state + 1])) for state in range(len(self.outgoing))]
+        self._state_rows = [slice(end - len(group), end) for end, group in zip(ends, self.outgoing)]
 
     def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor,
                 input_terms: Mapping[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -106,7 +111,7 @@ class MixedCell(nn.Module):
         """``[N, E, C, H, W]``: the weighted mixed-op outputs of the ``E`` edges leaving ``state`` (value ``x``), in
         :attr:`outgoing` order; None when every op adds nothing. ``updates``: see :class:`GroupInput`."""
         edge_ids = [e for e, _ in self.outgoing[state]]
-        edge_weights = weights[edge_ids]
+        edge_weights = weights.index_select(0, self.edges_by_state[self._state_rows[state]])
         group = GroupInput(x, len(edge_ids), updates)
         total = None
         for k in range(edge_weights.shape[1]):

@@ -27,7 +27,8 @@ from torch import nn
 
 from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 
-__all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled"]
+__all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled",
+           "stacked_conv"]
 
 
 class GroupInput:
@@ -146,13 +147,18 @@ def _stacked_buffer(modules: Sequence[nn.Module], name: str) -> torch.Tensor:
     return stacked
 
 
-def _grouped_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
-    """The convs of the ``E`` edges (each ``groups`` groups) as one conv with ``E*groups`` groups on stacked channels."""
+def stacked_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d], shared_input: bool = False) -> torch.Tensor:
+    """The convs of the ``E`` edges (same settings) as one conv whose output channels stack the edges' outputs.
+
+    ``shared_input``: every conv reads all of ``x``; otherwise ``x`` stacks the edges' inputs along channels (as
+    :attr:`GroupInput.repeated_relu` does) and edge ``e``'s conv reads its own block.
+    """
     first = convs[0]
     if len(convs) == 1:
         return first(x)
     weight = torch.cat([conv.weight for conv in convs])
-    return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, first.groups * len(convs))
+    groups = first.groups if shared_input else first.groups * len(convs)
+    return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, groups)
 
 
 def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scale: torch.Tensor, updates: int
@@ -162,8 +168,8 @@ def _separable_units(x: torch.Tensor, units: Sequence[Sequence[nn.Module]], scal
     for index in range(0, last + 4, 4):
         if index:
             x = torch.relu(x)
-        x = _grouped_conv(x, [unit[index + 1] for unit in units])
-        x = _grouped_conv(x, [unit[index + 2] for unit in units])
+        x = stacked_conv(x, [unit[index + 1] for unit in units])
+        x = stacked_conv(x, [unit[index + 2] for unit in units])
         x = group_batch_norm(x, [unit[index + 3] for unit in units], scale if index == last else None, updates)
     return x
 
@@ -203,17 +209,9 @@ def _factorized_reduce_group(modules: Sequence[FactorizedReduce], group: GroupIn
     edges = len(modules)
     relu = group.relu
     shifted = F.pad(relu, (0, 1, 0, 1))[:, :, 1:, 1:]
-    first = _grouped_conv_shared(relu, [module.conv_1 for module in modules]).unflatten(1, (edges, -1))
-    second = _grouped_conv_shared(shifted, [module.conv_2 for module in modules]).unflatten(1, (edges, -1))
+    first = stacked_conv(relu, [module.conv_1 for module in modules], shared_input=True).unflatten(1, (edges, -1))
+    second = stacked_conv(shifted, [module.conv_2 for module in modules], shared_input=True).unflatten(1, (edges, -1))
     out = group_batch_norm(torch.cat([first, second], dim=2).flatten(1, 2), [module.bn for module in modules], scale,
                            group.updates)
     return out.unflatten(1, (edges, -1))
 
-
-def _grouped_conv_shared(x: torch.Tensor, convs: Sequence[nn.Conv2d]) -> torch.Tensor:
-    """Ungrouped convs that all read ``x``: one conv with their output channels stacked."""
-    first = convs[0]
-    if len(convs) == 1:
-        return first(x)
-    weight = torch.cat([conv.weight for conv in convs])
-    return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation)

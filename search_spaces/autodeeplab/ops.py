@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from nasplat import DARTS_OPS, GroupInput, group_batch_norm, register_group_forward, register_op, registered_ops
+from nasplat import (DARTS_OPS, GroupInput, group_batch_norm, register_group_forward, register_op, registered_ops,
+                     stacked_conv)
 
 AUTODEEPLAB_OPS: tuple[str, ...] = tuple(
     name.replace("dil_conv", "atrous_conv") for name in DARTS_OPS
@@ -60,8 +61,7 @@ def _atrous_group(modules: Sequence[AtrousConv], group: GroupInput, scale: torch
     if first.stride == 2:
         half = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
         x = functional.interpolate(x, size=half, mode="bilinear", align_corners=True)
-    weight = torch.cat([module.conv.weight for module in modules])
-    out = functional.conv2d(x, weight, None, 1, first.conv.padding, first.conv.dilation)
+    out = stacked_conv(x, [module.conv for module in modules], shared_input=True)
     out = group_batch_norm(out, [module.bn for module in modules], scale, group.updates)
     return out.unflatten(1, (len(modules), -1))
 

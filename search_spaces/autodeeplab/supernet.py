@@ -68,7 +68,8 @@ class SearchNode(nn.Module):
         self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False) if C_pp is not None else None
         self.dag = MixedCell(C, blocks, ops, num_inputs=2 if C_pp is not None else 1, fused=fused)
         # alpha rows of this DAG's edges: without H^{l-2}, the rows of edges that leave input 0 are skipped
-        self.rows = None if C_pp is not None else [row for row, (_, s) in enumerate(cell_edges(blocks)) if s != 0]
+        rows = None if C_pp is not None else torch.tensor([row for row, (_, s) in enumerate(cell_edges(blocks)) if s])
+        self.register_buffer("rows", rows, persistent=False)
 
     @staticmethod
     def direction(source: int, level: int) -> str:
@@ -84,7 +85,7 @@ class SearchNode(nn.Module):
         if self.rows is None:
             states = self.dag([s0, s1], weights, None if s0_terms is None else {0: s0_terms})
         else:
-            states = self.dag([s1], weights[self.rows])
+            states = self.dag([s1], weights.index_select(0, self.rows))
         return torch.cat(states[-self.blocks:], dim=1)
 
 
