@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from nasplat.searching.config import SearchConfig  # noqa: E402
 from nasplat.searching.loop import SupernetSearch  # noqa: E402
+from nasplat.spaces.registry import get_space  # noqa: E402
 
 WORKERS = 2
 CANDIDATES: dict[str, dict] = {
@@ -51,10 +52,27 @@ CANDIDATES: dict[str, dict] = {
     "entropy_w3_lr3e-2": {"remedy": ["entropy"], "arch_lr": 3e-2, "remedy_options": {"entropy_weight": 3.0}},
     "entropy_lr3e-2_warmup3": {"remedy": ["entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
     "sdarts+entropy_lr3e-2_warmup3": {"remedy": ["sdarts", "entropy"], "arch_lr": 3e-2, "warmup_epochs": 3},
+    "darts_minus+entropy_lr3e-2": {"remedy": ["darts_minus", "entropy"], "arch_lr": 3e-2},
+    "darts_minus+entropy_cap2_lr3e-2": {"remedy": ["darts_minus", "entropy"], "arch_lr": 3e-2},
+    "entropy_cap2_lr3e-2": {"remedy": ["entropy"], "arch_lr": 3e-2},
+    "skip_dropout0.4+entropy_cap2_lr3e-2": {"remedy": ["skip_dropout", "entropy"], "arch_lr": 3e-2,
+                                            "remedy_options": {"skip_dropout_rate": 0.4}},
+    "skip_dropout0.7+entropy_cap2_lr3e-2": {"remedy": ["skip_dropout", "entropy"], "arch_lr": 3e-2,
+                                            "remedy_options": {"skip_dropout_rate": 0.7}},
+    "darts_minus+skip_dropout+entropy_cap2_lr3e-2": {"remedy": ["darts_minus", "skip_dropout", "entropy"],
+                                                     "arch_lr": 3e-2},
+    "skip_dropout0.7+entropy_w2_cap2_cosine_lr3e-2": {"remedy": ["skip_dropout", "entropy"], "arch_lr": 3e-2,
+                                                      "arch_lr_min": 0.0, "remedy_options": {"entropy_weight": 2.0}},
     "default": {},
 }
-"""Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today: ``--remedy
-entropy``, arch lr 3e-2, the same as ``entropy_lr3e-2``; ``former_default``: no remedy, arch lr 3e-3)."""
+"""Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today; the DARTS
+space's ``max_skip_normal`` is 2 in the names with ``cap2`` and in ``default``, none (the paper's decode) in the
+others; the architecture learning rate is constant (``arch_lr_min = arch_lr``) except in ``default`` and the names with
+``cosine``, which anneal it to 0; ``former_default``: no remedy, arch lr 3e-3)."""
+for _name, _overrides in CANDIDATES.items():
+    if _name != "default":
+        _overrides["space_options"] = {"max_skip_normal": 2 if "cap2" in _name else None}
+        _overrides.setdefault("arch_lr_min", _overrides["arch_lr"])
 
 
 def _skip_count(genotype: dict) -> int:
@@ -74,12 +92,14 @@ def _worker(rank: int, config: dict, port: int, out: str) -> None:
             genotype = search.genotype()
             epochs.append({"epoch": search.epoch, "arch_entropy": search.arch_entropy(),
                            "hash": genotype.short_hash(), "skip_normal": _skip_count(genotype.to_dict()),
+                           "skip_uncapped": _skip_count(search.space.decode(search.model.arch_parameters()).to_dict()),
                            "val_miou": float(evaluation["val_miou"]), "epoch_time_s": train["epoch_time_s"],
                            "normal": genotype.to_dict().get("normal"),
                            **{k: v for k, v in train.items() if k.startswith("remedy_")}})
             if rank == 0:
                 print(f"  epoch {search.epoch}: entropy {epochs[-1]['arch_entropy']:.4f} genotype {genotype.short_hash()} "
-                      f"skip {epochs[-1]['skip_normal']} mIoU {epochs[-1]['val_miou']:.4f} "
+                      f"skip {epochs[-1]['skip_normal']} (uncapped {epochs[-1]['skip_uncapped']}) "
+                      f"mIoU {epochs[-1]['val_miou']:.4f} "
                       f"({train['epoch_time_s']:.0f}s)", file=sys.stderr, flush=True)
         if rank == 0:
             distributions = {k: v.tolist() for k, v in search.model.arch_distributions().items()}
@@ -98,6 +118,7 @@ def _free_port() -> int:
 def run(candidate: str, seed: int, epochs: int | None) -> dict:
     """One search of ``candidate`` at ``seed``; its per-epoch record and the summary figures."""
     config = SearchConfig().replace(**CANDIDATES[candidate], seed=seed, **({"epochs": epochs} if epochs else {}))
+    config = config.with_space_defaults(get_space(config.space).search_defaults)  # as nasplat search does
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
         started = time.perf_counter()

@@ -78,13 +78,15 @@ def _validate_pairs(field: str, pairs: object) -> None:
 
 def _validate_concat(field: str, concat: object) -> None:
     valid = range(2, 2 + NUM_NODES)
-    if (
-        not isinstance(concat, tuple)
-        or not concat
-        or len(set(concat)) != len(concat)
-        or any(type(i) is not int or i not in valid for i in concat)
-    ):
+    distinct = isinstance(concat, tuple) and concat and len(set(concat)) == len(concat)
+    if not distinct or any(type(i) is not int or i not in valid for i in concat):
         raise GenotypeError(field, f"expected distinct node indices from {list(valid)}, got {concat!r}")
+
+
+def check_max_skip_normal(value: object) -> None:
+    """ValueError unless ``value`` is None or a count of normal-cell edges (0..8)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2 * NUM_NODES):
+        raise ValueError(f"space option max_skip_normal must be an integer 0..{2 * NUM_NODES} or null, got {value!r}")
 
 
 def reduction_layers(layers: int, reductions: int) -> tuple[int, ...]:
@@ -173,9 +175,11 @@ class DartsSupernet(Supernet):
 
     def __init__(self, num_classes: int, C: int = 8, layers: int = 5, reductions: int = 2,
                  stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64, fused: bool = True,
-                 checkpoint_cells: bool = False) -> None:
+                 checkpoint_cells: bool = False, max_skip_normal: int | None = None) -> None:
         super().__init__()
+        check_max_skip_normal(max_skip_normal)
         self.checkpoint_cells = checkpoint_cells
+        self.max_skip_normal = max_skip_normal
         self.add_arch_parameter("normal", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
         self.add_arch_parameter("reduce", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
 
@@ -183,6 +187,9 @@ class DartsSupernet(Supernet):
             return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, fused), NUM_NODES
 
         self.net = _Backbone(num_classes, C, layers, reductions, stem_multiplier, stem_stride, head_channels, make_cell)
+
+    def decode_options(self) -> dict[str, object]:
+        return {"max_skip_normal": self.max_skip_normal}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {name: torch.softmax(alpha, dim=-1) for name, alpha in self.arch.items()}
@@ -230,19 +237,25 @@ class DartsSpace(SearchSpace):
     name = "darts"
     ops = DARTS_OPS
     genotype_type = DartsGenotype
+    search_defaults = {"max_skip_normal": 2}  # P-DARTS's cap against the skip collapse (docs/collapse.md)
 
     def supernet(self, num_classes: int, **options) -> DartsSupernet:
         return DartsSupernet(num_classes, **options)
 
-    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, layers: int = 5, **options) -> int:
+    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, layers: int = 5,
+                       max_skip_normal: int | None = None, **options) -> int:
         reduction_layers(layers, reductions)  # ValueError for a layout the supernet cannot build
+        check_max_skip_normal(max_skip_normal)
         return stem_stride * 2 ** reductions
 
-    def decode(self, arch: Mapping[str, torch.Tensor], **options) -> DartsGenotype:
+    def decode(self, arch: Mapping[str, torch.Tensor], max_skip_normal: int | None = None,
+               **options) -> DartsGenotype:
+        """The DARTS rule (:func:`nasplat.decode_cell`) per cell; ``max_skip_normal``: at most that many
+        ``skip_connect`` in the normal cell, by P-DARTS's refinement (the supernet option of the same name)."""
         self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))
         return DartsGenotype(
-            normal=decode_cell(arch["normal"], self.ops, NUM_NODES),
+            normal=decode_cell(arch["normal"], self.ops, NUM_NODES, limits={"skip_connect": max_skip_normal}),
             normal_concat=concat,
             reduce=decode_cell(arch["reduce"], self.ops, NUM_NODES),
             reduce_concat=concat,
@@ -262,12 +275,15 @@ class DartsSpace(SearchSpace):
                    "stem_stride": stem_stride, "head_channels": head_channels}
         return DartsCostModel(cells, self.ops, NUM_NODES, options)
 
-    def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int, **options) -> list[tuple[float, DartsGenotype]]:
+    def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int, max_skip_normal: int | None = None,
+                      **options) -> list[tuple[float, DartsGenotype]]:
         """Strength: the log of the product of the kept edges' op probabilities over both cells
-        (:func:`nasplat.top_cells`); rank 1 is :meth:`decode`."""
+        (:func:`nasplat.top_cells`); rank 1 is :meth:`decode`. With ``max_skip_normal``, the strongest normal cells
+        within it (P-DARTS's capped decode is greedy and may rank lower)."""
         self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))
-        cells = [top_cells(arch[name], self.ops, NUM_NODES, k) for name in ("normal", "reduce")]
+        cells = [top_cells(arch["normal"], self.ops, NUM_NODES, k, limits={"skip_connect": max_skip_normal}),
+                 top_cells(arch["reduce"], self.ops, NUM_NODES, k)]
         return [(score, DartsGenotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat))
                 for score, (normal, reduce) in k_best(cells, k)]
 

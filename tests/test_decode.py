@@ -303,3 +303,51 @@ def test_space_decode_wrong_shape_raises():
     space = nasplat.get_space("darts")
     with pytest.raises(ValueError):
         space.decode({"normal": torch.zeros(14, 7), "reduce": torch.zeros(14, 8)})
+
+
+def _logits(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64).log()
+
+
+OPS3 = ("none", "skip_connect", "sep_conv_3x3")
+CAP_EXAMPLE = _logits([  # 2 nodes: rows (node 0: sources 0, 1), (node 1: sources 0, 1, 2); columns OPS3
+    [0.1, 0.8, 0.1], [0.1, 0.6, 0.3],
+    [0.1, 0.7, 0.2], [0.1, 0.4, 0.5], [0.05, 0.9, 0.05],
+])
+
+
+def test_skip_cap_worked_example():
+    """P-DARTS's refinement by hand: 4 skips decoded; the weakest kept skip (node 0, source 1, p=0.6) loses it and
+    node 0 takes the conv there; then node 1's source 0 (p=0.7) loses it and node 1 keeps sources 2 and 1."""
+    assert decode_cell(CAP_EXAMPLE, OPS3, 2) == [
+        ("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 2), ("skip_connect", 0)]
+    assert decode_cell(CAP_EXAMPLE, OPS3, 2, limits={"skip_connect": 2}) == [
+        ("skip_connect", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("sep_conv_3x3", 1)]
+    assert decode_cell(CAP_EXAMPLE, OPS3, 2, limits={"skip_connect": 0}) == [
+        ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0)]
+    assert decode_cell(CAP_EXAMPLE, OPS3, 2, limits={"skip_connect": 4}) == decode_cell(CAP_EXAMPLE, OPS3, 2)
+    assert decode_cell(CAP_EXAMPLE, OPS3, 2, limits={"skip_connect": None}) == decode_cell(CAP_EXAMPLE, OPS3, 2)
+
+
+@pytest.mark.parametrize("limits", [{"skip": 2}, {"skip_connect": -1}, {"skip_connect": 1.5}])
+def test_bad_decode_limit_is_refused_by_name(limits):
+    with pytest.raises(ValueError, match="decode limit"):
+        decode_cell(CAP_EXAMPLE, OPS3, 2, limits=limits)
+
+
+def test_darts_supernet_option_caps_the_normal_cell_only():
+    space = nasplat.get_space("darts")
+    supernet = space.supernet(num_classes=3, C=4, layers=3, max_skip_normal=2)
+    skip = DARTS_OPS.index("skip_connect")
+    with torch.no_grad():
+        for name in ("normal", "reduce"):
+            supernet.arch[name].zero_()
+            supernet.arch[name][:, skip] = 3.0  # every edge prefers skip_connect
+    capped = space.decode(supernet.arch_parameters(), **supernet.decode_options())
+    assert sum(op == "skip_connect" for op, _ in capped.normal) == 2
+    assert sum(op == "skip_connect" for op, _ in capped.reduce) == 8
+    assert sum(op == "skip_connect" for op, _ in space.decode(supernet.arch_parameters()).normal) == 8
+    top = space.top_genotypes(supernet.arch_parameters(), 3, **supernet.decode_options())
+    assert top and all(sum(op == "skip_connect" for op, _ in g.normal) <= 2 for _, g in top)
+    with pytest.raises(ValueError, match="max_skip_normal"):
+        space.supernet(num_classes=3, C=4, layers=3, max_skip_normal=9)

@@ -199,6 +199,8 @@ BAD = {
     ("--remedy", "entropy", "--remedy-option", "entropy_start=1.5"): ["entropy_start", "[0, 1)", "1.5"],
     ("--remedy", "beta_decay", "--remedy-option", "beta_weight=-2"): ["beta_weight", ">= 0", "-2"],
     ("--remedy", "sdarts", "--remedy-option", "epsilon_min=0.5"): ["epsilon_min (0.5)", "epsilon_max (0.3)"],
+    ("--remedy", "skip_dropout", "--remedy-option", "skip_dropout_rate=1"): ["skip_dropout_rate", "[0, 1)", "1"],
+    ("--remedy", "entropy", "--remedy-option", "aux_skip_weight=2"): ["'aux_skip_weight'", "'darts_minus'"],
 }
 
 
@@ -221,3 +223,113 @@ def test_remedy_flags_reach_the_config(capsys):
     assert "entropy_start: 0.25" in printed and "epsilon_max: 0.2" in printed, printed
     with pytest.raises(ConfigError, match="'remedy' must be a list"):
         build_remedies("entropy", {})
+
+
+def test_auxiliary_skip_of_a_mixed_op_is_beta_times_its_input_on_stride_1_only():
+    torch.manual_seed(0)
+    x, weights = torch.randn(2, 4, 8, 8), torch.softmax(torch.randn(len(nasplat.DARTS_OPS)), -1)
+    for stride in (1, 2):
+        edge = nasplat.MixedOp(4, stride, nasplat.DARTS_OPS).eval()
+        plain = edge(x, weights)
+        edge.auxiliary_skip = 0.7
+        assert torch.allclose(edge(x, weights), plain + 0.7 * x if stride == 1 else plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_darts_minus_in_a_cell_adds_beta_times_each_stride_1_input(fused):
+    """Node 0 gets 0.7 * (both inputs) in a normal cell and nothing more in a reduction cell; every node equals
+    the sum of its edges' own forward (with their auxiliary skips), on the grouped path too."""
+    torch.manual_seed(0)
+    edges = nasplat.cell_edges(3)
+    for stride in (1, 2):
+        cell = nasplat.MixedCell(4, 3, nasplat.DARTS_OPS, input_stride=stride, fused=fused).eval()
+        inputs = [torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)]
+        weights = torch.softmax(torch.randn(len(edges), len(nasplat.DARTS_OPS)), -1)
+        plain = cell(inputs, weights)
+        for edge in cell.edges:
+            edge.auxiliary_skip = 0.7
+        states = cell(inputs, weights)
+        extra = 0.7 * (inputs[0] + inputs[1]) if stride == 1 else 0
+        assert torch.allclose(states[2], plain[2] + extra, atol=1e-5)
+        for node in range(3):
+            total = sum(cell.edges[e](states[source], weights[e])
+                        for e, (n, source) in enumerate(edges) if n == node)
+            assert torch.allclose(states[2 + node], total, atol=1e-5)
+
+
+def test_darts_minus_schedule_decays_to_zero_and_reaches_every_stride_1_edge():
+    model = get_space("darts").supernet(num_classes=3, C=4, layers=3)
+    remedies = build_remedies(["darts_minus"], {"aux_skip_weight": 0.8})
+    remedies.attach(model)
+    edges = [m for m in model.modules() if isinstance(m, nasplat.MixedOp)]
+    seen = []
+    for epoch in range(5):
+        remedies.set_epoch(epoch, 5)
+        seen.append(remedies.schedule()["remedy_aux_skip"])
+        assert [e.auxiliary_skip for e in edges if e.stride == 1] == [seen[-1]] * (14 + 2 * 6)
+        # layers=3: one normal cell (14 edges) and two reduction cells (6 edges between nodes each)
+        assert {e.auxiliary_skip for e in edges if e.stride == 2} == {0.0}
+    assert seen == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0])  # linear, 0 at the last epoch
+    assert remedies.penalty(_arch()) is None  # no loss term: it acts on the supernet only
+
+
+def test_darts_minus_on_a_user_space_and_said_idle_without_mixed_ops():
+    model = get_space(f"{ROOT / 'examples' / 'custom_space.py'}:chain").supernet(num_classes=3, C=4, depth=2)
+    remedies = build_remedies(["darts_minus", "entropy"], {})
+    assert remedies.attach(model) == []
+    remedies.set_epoch(0, 4)
+    stats = _optimizer(model, remedies).step(_batch(0), _batch(1))
+    assert math.isfinite(stats["train_loss"]) and all(e.auxiliary_skip == 1.0 for e in model.chain.links)
+    assert build_remedies(["darts_minus", "entropy"], {}).attach(_Plain()) == [
+        "remedy 'darts_minus' does nothing here: _Plain has no stride-1 nasplat.MixedOp edges"]
+
+
+class _Plain(nasplat.Supernet):
+    """A supernet without MixedOp edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.add_arch_parameter("alpha", torch.zeros(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.softmax(self.arch["alpha"], -1)[0, 0]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_skip_dropout_drops_each_skip_edge_independently_in_training_only(fused):
+    """P-DARTS's dropout on skip connections: with every edge on skip_connect and both inputs all ones, node 0 is
+    the sum of two independently dropped copies (values 0, 2, 4 at p=0.5, about 1/4, 1/2, 1/4 of the pixels; one
+    shared mask would give only 0 and 4); in eval mode nothing is dropped."""
+    torch.manual_seed(0)
+    edges = nasplat.cell_edges(2)
+    cell = nasplat.MixedCell(4, 2, nasplat.DARTS_OPS, fused=fused)
+    remedies = build_remedies(["skip_dropout"], {"skip_dropout_rate": 0.5})
+    remedies.attach(cell)
+    remedies.set_epoch(0, 3)
+    weights = torch.zeros(len(edges), len(nasplat.DARTS_OPS))
+    weights[:, nasplat.DARTS_OPS.index("skip_connect")] = 1.0
+    inputs = [torch.ones(4, 4, 32, 32), torch.ones(4, 4, 32, 32)]
+    node0 = cell.train()(inputs, weights)[2]
+    shares = [(node0 == value).float().mean().item() for value in (0.0, 2.0, 4.0)]
+    assert sum(shares) == pytest.approx(1.0)
+    assert shares == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+    assert torch.equal(cell.eval()(inputs, weights)[2], torch.full_like(node0, 2.0))
+    with remedies.without_dropout():  # e.g. for the Hessian: the same function at every evaluation
+        assert torch.equal(cell.train()(inputs, weights)[2], torch.full_like(node0, 2.0))
+    assert {skip.dropout for skip in remedies.skips} == {0.5}  # restored
+    remedies.set_epoch(2, 3)  # the rate decays to 0 at the last epoch
+    assert remedies.schedule()["remedy_skip_dropout"] == 0.0
+    assert torch.equal(cell.train()(inputs, weights)[2], torch.full_like(node0, 2.0))
+
+
+def test_skip_dropout_schedule_and_idle_without_skip_candidates():
+    remedies = build_remedies(["skip_dropout"], {})
+    seen = []
+    for epoch in range(5):
+        remedies.set_epoch(epoch, 5)
+        seen.append(remedies.schedule()["remedy_skip_dropout"])
+    assert seen == pytest.approx([0.7, 0.525, 0.35, 0.175, 0.0])  # the default rate 0.7, linear to 0
+    assert remedies.attach(_Plain()) == ["remedy 'skip_dropout' does nothing here: _Plain has no stride-1 "
+                                         "'skip_connect' candidates in nasplat.MixedOp edges"]
+    assert remedies.attach(get_space("darts").supernet(num_classes=3, C=4, layers=3)) == []

@@ -128,7 +128,8 @@ CHAIN = {**TINY, "space": "test_smooth_chain", "space_options": {}}
 
 def _dense_hessian_spectrum(search: SupernetSearch) -> torch.Tensor:
     """Eigenvalues (ascending) of the dense Hessian of the mean loss over the search's Hessian
-    batches w.r.t. all arch parameters, in train mode, formed entry by entry by autograd."""
+    batches w.r.t. all arch parameters, in train mode without the skip dropout of the default remedies (the
+    search takes it so, a deterministic function), formed entry by entry by autograd."""
     model = search.model.train()
     names = ["arch." + n for n in model.arch_parameters()]
     arch = list(model.arch_parameters().values())
@@ -140,7 +141,8 @@ def _dense_hessian_spectrum(search: SupernetSearch) -> torch.Tensor:
         return sum(search.loss_fn(functional_call(model, params, (x,)), y) for x, y in batches) / len(batches)
 
     saved = {n: b.clone() for n, b in model.named_buffers()}
-    hessian = torch.autograd.functional.hessian(mean_loss, torch.cat([a.detach().reshape(-1) for a in arch]))
+    with search.bilevel.remedies.without_dropout():
+        hessian = torch.autograd.functional.hessian(mean_loss, torch.cat([a.detach().reshape(-1) for a in arch]))
     with torch.no_grad():
         for n, b in model.named_buffers():
             b.copy_(saved[n])

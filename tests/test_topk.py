@@ -70,6 +70,23 @@ def test_top_cells_match_brute_force_and_rank_1_is_the_decoded_cell(seed):
     assert len({_as_sets(cell) for _, cell in found}) == 6
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_cells_within_an_op_limit_match_brute_force(seed):
+    """Only cells with at most 1 edge of OPS[1] (skip-like), the strongest first; the skip bias makes the unlimited
+    best cells break the limit."""
+    num_nodes = 3
+    alpha = torch.randn(len(cell_edges(num_nodes)), len(OPS), generator=torch.Generator().manual_seed(seed))
+    alpha[:, 1] += 1.5
+
+    def count(cells: tuple) -> int:
+        return sum(op == OPS[1] for node in cells for op, _ in node)
+    assert count(_all_cells(alpha, num_nodes)[0][1]) > 1
+    brute = [c for c in _all_cells(alpha, num_nodes) if count(c[1]) <= 1][:5]
+    found = top_cells(alpha, OPS, num_nodes, k=5, limits={OPS[1]: 1})
+    assert [_as_sets(cell) for _, cell in found] == [cells for _, cells in brute]
+    assert [score for score, _ in found] == pytest.approx([score for score, _ in brute])
+
+
 def _all_paths(beta: torch.Tensor) -> list[tuple[float, list[int]]]:
     weights = normalized_beta(beta.double(), "paper")
     paths = []

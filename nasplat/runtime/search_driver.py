@@ -20,6 +20,7 @@ from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.searching.config import SearchConfig
 from nasplat.searching.cost_search import check_cost
 from nasplat.searching.loop import early_stop_config
+from nasplat.searching.remedies import build_remedies
 from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
@@ -54,12 +55,17 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     name, source = resolve_space_spec(config.space)
     config = resolve_paths(config, f"search-{name}", space=f"{source}:{name}" if source else name)
     space = get_space(config.space)
+    config = config.with_space_defaults(space.search_defaults)
     preflight.check_options("space_options", space.supernet, config.space_options, f"search space {name!r}")
     try:
         minimum = space.min_image_size(**config.space_options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config field 'space_options': {err}") from None
     preflight.check_crop(config.image_size, minimum, f"search space {name!r} with these options")
+    if {"darts_minus", "skip_dropout"} & set(config.remedy):  # they act on the supernet's MixedOp edges
+        remedies = build_remedies(config.remedy, config.remedy_options)
+        for line in remedies.attach(space.supernet(2, **config.space_options)):
+            log(f"warning: {line}")
     config = check_cost(config, space)
     early_stop_config(config)
     preflight.check_dataset(config, lambda data: len(data.train_a))

@@ -28,11 +28,15 @@ class SearchConfig(ExperimentConfig):
     grad_clip: float = option(5.0, "weight gradient norm clip")
     arch_lr: float = option(3e-2, "architecture Adam learning rate (DARTS paper: 3e-4 over ~20k steps; the short "
                             "default search takes ~120 steps: at 3e-3 alpha barely moves, docs/collapse.md)")
+    arch_lr_min: float = option(0.0, "final architecture learning rate of a cosine schedule over the epochs (the "
+                                "rows commit while it is large and stay put at the end, so the genotype settles, "
+                                "docs/collapse.md); equal to --arch-lr keeps it constant, as DARTS")
     arch_weight_decay: float = option(1e-3, "architecture Adam weight decay (DARTS: 1e-3)")
     arch_beta1: float = option(0.5, "architecture Adam beta1 (DARTS: 0.5)")
     arch_beta2: float = option(0.999, "architecture Adam beta2")
     space_options: dict = option({}, "supernet options as KEY=VALUE, repeatable (darts: C=8, layers=5, "
-                                 "reductions=2, stem_stride=1, head_channels=64)")
+                                 "reductions=2, stem_stride=1, head_channels=64, max_skip_normal=2: at most 2 "
+                                 "skip_connect in the decoded normal cell, null for the paper's decode)")
     early_stop: str = option("off", "RobustDARTS early stopping on the dominant Hessian eigenvalue: off, paper "
                              "(every epoch, k=5, ratio < 0.75, architecture of epoch i-5) or reference (the "
                              "authors' released code)", choices=EARLY_STOP_PRESETS)
@@ -42,11 +46,14 @@ class SearchConfig(ExperimentConfig):
                                       "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
                                       "ada_factor, ada_max_weight_decay, extra_rollback, hessian_weight_decay, "
                                       "decide_on_final_epoch)")
-    remedy: list = option(["entropy"], "collapse remedies, any space (docs/collapse.md): sdarts (SDARTS-RS noise on the "
-                          "architecture in the weight step), beta_decay (beta-DARTS regulariser), entropy (annealed "
-                          "entropy penalty: the search ends decided), or none", choices=REMEDY_CHOICES)
+    remedy: list = option(["skip_dropout", "entropy"], "collapse remedies (docs/collapse.md): sdarts (SDARTS-RS "
+                          "noise on the architecture in the weight step), beta_decay (beta-DARTS regulariser), "
+                          "entropy (annealed entropy penalty: the search ends decided), darts_minus (DARTS- "
+                          "auxiliary skip), skip_dropout (P-DARTS dropout on skip connections), or none",
+                          choices=REMEDY_CHOICES)
     remedy_options: dict = option({}, "remedy settings as KEY=VALUE, repeatable (sdarts: epsilon_min, epsilon_max; "
-                                  "beta_decay: beta_weight; entropy: entropy_weight, entropy_start)")
+                                  "beta_decay: beta_weight; entropy: entropy_weight, entropy_start; darts_minus: "
+                                  "aux_skip_weight; skip_dropout: skip_dropout_rate)")
     hessian_batches: int = option(2, "split-B batches per worker used for the Hessian eigenvalue (the same ones "
                                   "every time)")
     hessian_iterations: int = option(20, "power-iteration steps for the Hessian eigenvalue")
@@ -83,6 +90,10 @@ class SearchConfig(ExperimentConfig):
         self.require_numbers("w_lr", "arch_lr", strict=True)
         self.require_numbers("w_lr_min", "w_momentum", "w_weight_decay", "grad_clip", "arch_weight_decay",
                              "arch_beta1", "arch_beta2")
+        self.require_numbers("arch_lr_min")
+        if self.arch_lr_min > self.arch_lr:
+            raise ConfigError(f"config field 'arch_lr_min' ({self.arch_lr_min:g}) must not exceed 'arch_lr' "
+                              f"({self.arch_lr:g}); equal to it keeps the architecture learning rate constant")
         self.require_choice("early_stop", EARLY_STOP_PRESETS)
         self.require_choice("early_stop_mode", EARLY_STOP_MODES)
         self.require_mapping("space_options", "early_stop_options", "remedy_options")
@@ -98,6 +109,10 @@ class SearchConfig(ExperimentConfig):
                 f"config field 'picture_interval' must be an integer >= 0 (0 = pictures only at the end), "
                 f"got {self.picture_interval!r}"
             )
+
+    def with_space_defaults(self, search_defaults: dict) -> "SearchConfig":
+        """This config with a space's ``search_defaults`` under the space options the user gave."""
+        return self.replace(space_options={**search_defaults, **self.space_options})
 
     def _validate_cost(self) -> None:
         self.require_choice("cost", COSTS)

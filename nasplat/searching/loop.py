@@ -6,6 +6,7 @@ workers), decodes the genotype and saves/restores everything needed to resume.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -101,12 +102,17 @@ class SupernetSearch:
             list(self.model.arch_parameters().values()), lr=config.arch_lr,
             betas=(config.arch_beta1, config.arch_beta2), weight_decay=config.arch_weight_decay,
         )
+        self.arch_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.arch_optimizer, T_max=config.epochs, eta_min=config.arch_lr_min)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         self.cost = cost_objective(config, self.space, self.model.arch_parameters())
         penalty = (lambda: self.cost.penalty(self.model.arch_parameters())) if self.cost is not None else None
+        remedies = build_remedies(config.remedy, config.remedy_options)
+        if remedies is not None:
+            remedies.attach(self.model)
         self.bilevel = BilevelOptimizer(self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn,
                                         order=config.order, grad_clip=config.grad_clip, arch_penalty=penalty,
-                                        remedies=build_remedies(config.remedy, config.remedy_options))
+                                        remedies=remedies)
         self.loaders = {  # only for the splits no stream (e.g. Ray Data) replaces
             name: self._loader(getattr(self.data, name), shuffle=True)
             for name in ("train_a", "train_b") if name not in self.streams
@@ -159,7 +165,7 @@ class SupernetSearch:
         started, samples = time.perf_counter(), 0
         totals = {"train_loss": 0.0, "arch_loss": 0.0}
         steps = 0
-        lr = self.weight_optimizer.param_groups[0]["lr"]
+        lr, arch_lr = self.weight_optimizer.param_groups[0]["lr"], self.arch_optimizer.param_groups[0]["lr"]
         remedies = self.bilevel.remedies
         if remedies is not None:
             remedies.set_epoch(self.epoch, self.config.epochs)
@@ -175,9 +181,10 @@ class SupernetSearch:
             samples += batch_a[0].shape[0]
             heartbeat.beat(steps)
         self.scheduler.step()
+        self.arch_scheduler.step()
         self.epochs_trained += 1
         train_loss = global_mean(totals["train_loss"], steps, self.device)  # the same on every rank
-        require_finite(self.epoch + 1, f"w_lr {lr:g}, arch_lr {self.arch_optimizer.param_groups[0]['lr']:g}; lower "
+        require_finite(self.epoch + 1, f"w_lr {lr:g}, arch_lr {arch_lr:g}; lower "
                        "--w-lr or --arch-lr", loss=train_loss, tensors=self.model.arch_parameters())
         elapsed = time.perf_counter() - started
         result = {"train_loss": train_loss, "w_lr": lr, "epoch_time_s": elapsed,
@@ -186,7 +193,7 @@ class SupernetSearch:
             result.update(remedies.schedule())
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
-            result["arch_lr"] = self.arch_optimizer.param_groups[0]["lr"]
+            result["arch_lr"] = arch_lr
         self.epoch += 1
         return result
 
@@ -205,11 +212,13 @@ class SupernetSearch:
             self.model.train()  # the authors compute it in train mode
             # the reference preset always adds the architecture weight decay (+wd I), as analyze.py
             with_decay = self.config.hessian_arch_weight_decay or self.stopper.config.hessian_weight_decay
-            eigenvalue = dominant_hessian_eigenvalue(
-                self.model, self.loss_fn, self.hessian_batches, iterations=self.config.hessian_iterations,
-                arch_weight_decay=self.config.arch_weight_decay if with_decay else 0.0,
-                which=EIGENVALUE_KIND[self.config.early_stop],
-            )
+            remedies = self.bilevel.remedies
+            with remedies.without_dropout() if remedies is not None else contextlib.nullcontext():
+                eigenvalue = dominant_hessian_eigenvalue(  # the same function at every power-iteration step
+                    self.model, self.loss_fn, self.hessian_batches, iterations=self.config.hessian_iterations,
+                    arch_weight_decay=self.config.arch_weight_decay if with_decay else 0.0,
+                    which=EIGENVALUE_KIND[self.config.early_stop],
+                )
         final = epoch == self.config.epochs - 1
         decision = self.stopper.update(epoch, eigenvalue, self.genotype().to_dict(), final=final)
         if self.stopper.config.mode == "ada":
@@ -261,6 +270,7 @@ class SupernetSearch:
             "weight_optimizer": self.weight_optimizer.state_dict(),
             "arch_optimizer": self.arch_optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "arch_scheduler": self.arch_scheduler.state_dict(),
             "epoch": self.epoch,
             "torch_rng": torch.get_rng_state(),
         }
@@ -270,6 +280,8 @@ class SupernetSearch:
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "arch_scheduler" in state:  # checkpoints before the schedule held a constant rate
+            self.arch_scheduler.load_state_dict(state["arch_scheduler"])
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
 

@@ -21,6 +21,18 @@ never on a space's internals, in two places of the bi-level step (:class:`naspla
   ``entropy_weight`` at its last epoch, which drives each row to a decision as the temperature annealing of SNAS
   (Xie et al. 2019, arXiv 1812.09926) and the entropy loss of DA2S (Tian et al. 2020, arXiv 2007.03154) do.
 
+- **the supernet**: ``darts_minus`` (DARTS-, Chu et al. 2021, arXiv 2009.01027): every stride-1
+  :class:`nasplat.MixedOp` edge adds ``beta * x``, an auxiliary skip connection beside the searched ops, so a
+  searched ``skip_connect`` no longer has the advantage of a residual path that only it offers; ``beta`` decays
+  linearly from ``aux_skip_weight`` at the first epoch to 0 at the last (the paper: from 1 to 0), so the supernet
+  the search ends with has no auxiliary path. The paper puts a FactorizedReduce on stride-2 edges as well; here
+  reduction edges get none (the parameter-free identity cannot halve the size), the collapse it fights is that of
+  the normal cell. In a space without MixedOp edges it does nothing (the search warns before Ray starts).
+  ``skip_dropout`` (P-DARTS, Chen et al. 2019, arXiv 1904.12760, section 3.3): dropout with rate ``p`` on the
+  output of every stride-1 ``skip_connect`` candidate while training, so the parameter-free path is less reliable
+  than it looks to the architecture; ``p`` decays linearly from ``skip_dropout_rate`` at the first epoch to 0 at
+  the last (the authors' code: ``p0 * (epochs - epoch - 1) / epochs``; their CIFAR-10 rates per stage 0.1, 0.4, 0.7).
+
 Every tensor counts each of its rows (all but the last dimension) once; rows of one choice are skipped.
 """
 from __future__ import annotations
@@ -30,7 +42,10 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from torch import nn
+
 from nasplat.searching.remedy_options import resolve_remedies
+from nasplat.spaces.ops import Identity, MixedOp
 
 
 def _rows(arch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -58,12 +73,47 @@ class Remedies:
 
     def __init__(self, options: Mapping[str, Mapping[str, float]]) -> None:
         self.options = {name: dict(values) for name, values in options.items()}
+        self.edges: list[MixedOp] = []
+        self.skips: list[Identity] = []
         self.set_epoch(0, 1)
+
+    def attach(self, supernet: nn.Module) -> list[str]:
+        """Give the remedies that act on the supernet (``darts_minus``, ``skip_dropout``) its stride-1
+        :class:`nasplat.MixedOp` edges (and their ``skip_connect`` candidates). Returns a line for each chosen
+        one that finds nothing to act on in ``supernet`` (it then does nothing; the search says so)."""
+        edges = [m for m in supernet.modules() if isinstance(m, MixedOp) and m.stride == 1]
+        skips = [op for edge in edges for name, op in zip(edge.ops, edge.candidates)
+                 if name == "skip_connect" and isinstance(op, Identity)]
+        self.edges = edges if "darts_minus" in self.options else []
+        self.skips = skips if "skip_dropout" in self.options else []
+        self._apply_to_supernet()
+        idle = [("darts_minus", edges, "stride-1 nasplat.MixedOp edges"),
+                ("skip_dropout", skips, "stride-1 'skip_connect' candidates in nasplat.MixedOp edges")]
+        return [f"remedy {remedy!r} does nothing here: {type(supernet).__name__} has no {what}"
+                for remedy, found, what in idle if remedy in self.options and not found]
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """The 0-based epoch about to be trained, of ``epochs``; fixes the epoch's schedule (once, not per step)."""
         self.epoch, self.epochs = epoch, epochs
         self._schedule = self._epoch_schedule()
+        self._apply_to_supernet()
+
+    def _apply_to_supernet(self) -> None:
+        beta, rate = self._schedule.get("remedy_aux_skip", 0.0), self._schedule.get("remedy_skip_dropout", 0.0)
+        for edge in self.edges:
+            edge.auxiliary_skip = beta
+        for skip in self.skips:
+            skip.dropout = rate
+
+    @contextlib.contextmanager
+    def without_dropout(self) -> Iterator[None]:
+        """Inside, the ``skip_dropout`` rate is 0 (a deterministic supernet, e.g. for the Hessian); restored on exit."""
+        for skip in self.skips:
+            skip.dropout = 0.0
+        try:
+            yield
+        finally:
+            self._apply_to_supernet()
 
     @property
     def progress(self) -> float:
@@ -75,15 +125,19 @@ class Remedies:
 
     def _epoch_schedule(self) -> dict[str, float]:
         values = {}
+        fraction = self.epoch / (self.epochs - 1) if self.epochs > 1 else 1.0  # 0 at the first epoch, 1 at the last
         if "sdarts" in self.options:
             low, high = self.options["sdarts"]["epsilon_min"], self.options["sdarts"]["epsilon_max"]
             values["remedy_epsilon"] = low + (high - low) * self.progress
         if "beta_decay" in self.options:
             values["remedy_beta_weight"] = self.options["beta_decay"]["beta_weight"] * self.progress
-        if "entropy" in self.options:
-            fraction = self.epoch / (self.epochs - 1) if self.epochs > 1 else 1.0  # full weight at the last epoch
+        if "entropy" in self.options:  # full weight at the last epoch
             entropy = self.options["entropy"]
             values["remedy_entropy_weight"] = entropy["entropy_weight"] * ramp(fraction, entropy["entropy_start"])
+        if "darts_minus" in self.options:
+            values["remedy_aux_skip"] = self.options["darts_minus"]["aux_skip_weight"] * (1.0 - fraction)
+        if "skip_dropout" in self.options:
+            values["remedy_skip_dropout"] = self.options["skip_dropout"]["skip_dropout_rate"] * (1.0 - fraction)
         return values
 
     def penalty(self, arch: Sequence[torch.Tensor]) -> torch.Tensor | None:

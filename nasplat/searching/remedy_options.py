@@ -15,10 +15,12 @@ REMEDY_OPTIONS: dict[str, dict[str, float]] = {
     "sdarts": {"epsilon_min": 0.03, "epsilon_max": 0.3},
     "beta_decay": {"beta_weight": 50.0},
     "entropy": {"entropy_weight": 1.0, "entropy_start": 0.0},
+    "darts_minus": {"aux_skip_weight": 1.0},
+    "skip_dropout": {"skip_dropout_rate": 0.7},
 }
 """Remedy name -> its options and their defaults (what each means: :mod:`nasplat.searching.remedies`)."""
 REMEDY_CHOICES = (NO_REMEDY, *REMEDY_OPTIONS)
-FRACTIONS = ("entropy_start",)
+FRACTIONS = ("entropy_start", "skip_dropout_rate")
 """Options that are a fraction of the search (0 <= x < 1)."""
 
 

@@ -50,16 +50,20 @@ def k_best(groups: Sequence[Sequence[Scored]], k: int) -> list[tuple[float, tupl
 
 
 def top_cells(alpha: torch.Tensor, ops: Sequence[str], num_nodes: int, k: int, num_inputs: int = 2, keep: int = 2,
-              excluded: Sequence[str] = ("none",)) -> list[tuple[float, list[OpChoice]]]:
+              excluded: Sequence[str] = ("none",), limits: Mapping[str, int | None] | None = None,
+              ) -> list[tuple[float, list[OpChoice]]]:
     """The ``k`` strongest distinct cells of ``alpha`` under the DARTS notation of :func:`nasplat.decode_cell`.
 
     Strength: the sum over the kept edges of the log softmax probability (over all ops, as the decode) of the chosen
     op. Each node keeps ``keep`` distinct inputs, each with an op not in ``excluded``; within a node the pairs are
-    listed strongest first (ties: lower source), as the decode lists them.
+    listed strongest first (ties: lower source), as the decode lists them. ``limits`` (op name -> n, None for no
+    limit): only cells with at most n edges of that op (the strongest such cells, exactly; the capped decode is greedy and may rank
+    lower).
     """
     edges = cell_edges(num_nodes, num_inputs)
     if tuple(alpha.shape) != (len(edges), len(ops)):
         raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(len(edges), len(ops))}")
+    limits = {name: most for name, most in (limits or {}).items() if most is not None}
     logp = torch.log_softmax(alpha.detach().double().cpu(), dim=-1).tolist()
     allowed = [o for o, name in enumerate(ops) if name not in excluded]
     groups: list[list[Scored]] = []
@@ -72,9 +76,27 @@ def top_cells(alpha: torch.Tensor, ops: Sequence[str], num_nodes: int, k: int, n
                 picks = sorted(zip(sources, chosen), key=lambda p: (-logp[row + p[0]][p[1]], p[0]))
                 score = sum(logp[row + s][o] for s, o in picks)
                 candidates.append((score, tuple((ops[o], s) for s, o in picks)))
-        groups.append(sorted(candidates, key=lambda c: -c[0])[:k])
+        ranked = sorted(candidates, key=lambda c: -c[0])
+        groups.append(ranked if limits else ranked[:k])
         row += fan_in
-    return [(score, [pair for node in nodes for pair in node]) for score, nodes in k_best(groups, k)]
+    best = _k_best_within(groups, limits, k) if limits else k_best(groups, k)
+    return [(score, [pair for node in nodes for pair in node]) for score, nodes in best]
+
+
+def _k_best_within(groups: Sequence[Sequence[Scored]], limits: Mapping[str, int], k: int) -> list[tuple[float, tuple]]:
+    """The ``k`` highest totals of one entry per group (entries: (score, ((op, source), ...))) whose count of each
+    op in ``limits`` stays within it: group after group, the ``k`` best partial picks per count vector."""
+    names = list(limits)
+    partial: dict[tuple[int, ...], list[tuple[float, tuple]]] = {(0,) * len(names): [(0.0, ())]}
+    for group in groups:
+        grown: dict[tuple[int, ...], list[tuple[float, tuple]]] = {}
+        for counts, picks in partial.items():
+            for score, item in group:
+                new = tuple(c + sum(op == name for op, _ in item) for c, name in zip(counts, names))
+                if all(c <= limits[name] for c, name in zip(new, names)):
+                    grown.setdefault(new, []).extend((total + score, chosen + (item,)) for total, chosen in picks)
+        partial = {counts: heapq.nlargest(k, entries, key=lambda e: e[0]) for counts, entries in grown.items()}
+    return heapq.nlargest(k, [e for entries in partial.values() for e in entries], key=lambda e: e[0])
 
 
 STRENGTH = ("log of the product of the probabilities of the genotype's choices (each kept edge's op under the row "

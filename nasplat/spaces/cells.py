@@ -31,6 +31,7 @@ def decode_cell(
     num_inputs: int = 2,
     keep: int = 2,
     excluded: Sequence[str] = ("none",),
+    limits: Mapping[str, int | None] | None = None,
 ) -> list[OpChoice]:
     """The DARTS decode rule (quark0/darts ``Network.genotype``) on raw alpha logits.
 
@@ -38,6 +39,11 @@ def decode_cell(
     each node keeps its ``keep`` strongest incoming edges (stable: ties go to the lower source,
     the stronger edge is listed first), each with its strongest allowed op (ties: lower index).
     Returns ``keep`` (op, source) pairs per node, node-major.
+
+    ``limits`` (op name -> n, None for no limit): at most n kept edges with that op, by the architecture refinement of P-DARTS
+    (Chen et al. 2019, arXiv 1904.12760, which keeps M = 2 ``skip_connect``): while the cell has more, the kept
+    edge whose probability of that op is lowest loses it (set to 0, the row not renormalised) and the cell is
+    decoded again.
     """
     edges = cell_edges(num_nodes, num_inputs)
     if tuple(alpha.shape) != (len(edges), len(ops)):
@@ -46,6 +52,25 @@ def decode_cell(
     allowed = [k for k, name in enumerate(ops) if name not in excluded]
     if not allowed:
         raise ValueError(f"every op is excluded from decoding: {list(ops)}")
+    limits = {name: most for name, most in (limits or {}).items() if most is not None}
+    for name, most in limits.items():
+        if name not in ops or not isinstance(most, int) or most < 0:
+            raise ValueError(f"decode limit {name}={most!r}: needs one of {list(ops)} and a count >= 0")
+    choices = _decode_probs(probs, ops, allowed, num_nodes, num_inputs, keep)
+    for name, most in limits.items():
+        k = ops.index(name)
+        while True:
+            rows = [row for row, (op, _) in zip(_choice_rows(num_nodes, num_inputs, keep, choices), choices)
+                    if op == name]
+            if len(rows) <= most:
+                break
+            probs[min(rows, key=lambda row: probs[row, k].item()), k] = 0.0
+            choices = _decode_probs(probs, ops, allowed, num_nodes, num_inputs, keep)
+    return choices
+
+
+def _decode_probs(probs: torch.Tensor, ops: Sequence[str], allowed: Sequence[int], num_nodes: int, num_inputs: int,
+                  keep: int) -> list[OpChoice]:
     choices: list[OpChoice] = []
     row = 0
     for node in range(num_nodes):
@@ -59,6 +84,12 @@ def decode_cell(
             best = max(range(len(allowed)), key=lambda k: (row_probs[k], -k))
             choices.append((ops[allowed[best]], source))
     return choices
+
+
+def _choice_rows(num_nodes: int, num_inputs: int, keep: int, choices: Sequence[OpChoice]) -> list[int]:
+    """The alpha row of each decoded (op, source) pair."""
+    starts = [sum(num_inputs + n for n in range(node)) for node in range(num_nodes)]
+    return [starts[i // keep] + source for i, (_, source) in enumerate(choices)]
 
 
 class MixedCell(nn.Module):
@@ -131,7 +162,10 @@ class MixedCell(nn.Module):
                 continue
             total = input_terms[state] if state in input_terms else self.edge_terms(state, states[state], weights)
             for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
-                incoming[node].append(total[:, j] if total is not None else self.edges[e](states[state], weights[e]))
+                if total is None:
+                    incoming[node].append(self.edges[e](states[state], weights[e]))
+                else:
+                    incoming[node].append(self.edges[e].with_auxiliary_skip(total[:, j], states[state]))
         return states
 
 

@@ -181,7 +181,10 @@ def _zero_group(modules: Sequence[Zero], group: GroupInput, scale: torch.Tensor)
 
 @register_group_forward(Identity)
 def _identity_group(modules: Sequence[Identity], group: GroupInput, scale: torch.Tensor) -> torch.Tensor:
-    return scaled(group.x.unsqueeze(1), scale)
+    x = group.x.unsqueeze(1)
+    if modules[0].dropout and modules[0].training:  # one mask per edge, as edge by edge
+        x = F.dropout(x.expand(-1, len(modules), *x.shape[2:]), modules[0].dropout)
+    return scaled(x, scale)
 
 
 @register_group_forward(PoolBN)

@@ -115,9 +115,16 @@ class Zero(nn.Module):
 
 
 class Identity(nn.Module):
-    """Returns its input unchanged (the very same tensor object)."""
+    """Returns its input unchanged (the very same tensor object); in training with :attr:`dropout` ``p > 0``,
+    ``F.dropout(x, p)`` instead (P-DARTS's dropout on skip connections, set by the ``skip_dropout`` remedy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout and self.training:
+            return F.dropout(x, self.dropout)
         return x
 
 
@@ -273,11 +280,14 @@ class MixedOp(nn.Module):
     """Supernet edge: weighted sum of one instance of each op in ``ops``.
 
     As in the DARTS supernet, ops whose name contains ``"pool"`` are followed by
-    a non-affine BatchNorm2d.
+    a non-affine BatchNorm2d. :attr:`auxiliary_skip` (default 0) is a weight ``beta``: a stride-1 edge
+    adds ``beta * x``, the auxiliary skip connection of DARTS- (set by the ``darts_minus`` remedy).
     """
 
     def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False) -> None:
         super().__init__()
+        self.stride = stride
+        self.auxiliary_skip = 0.0
         names = tuple(ops)
         if not names:
             raise ValueError("MixedOp needs at least one op")
@@ -298,4 +308,10 @@ class MixedOp(nn.Module):
                 f"MixedOp expects a 1-D weights tensor of length {len(self.ops)} "
                 f"(one per op in {self.ops}), got shape {tuple(weights.shape)}"
             )
-        return sum(w * op(x) for w, op in zip(weights, self.candidates))
+        return self.with_auxiliary_skip(sum(w * op(x) for w, op in zip(weights, self.candidates)), x)
+
+    def with_auxiliary_skip(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``output + auxiliary_skip * x`` on a stride-1 edge with a nonzero weight, else ``output``."""
+        if self.auxiliary_skip and self.stride == 1:
+            return output + self.auxiliary_skip * x
+        return output

@@ -65,6 +65,8 @@ class SearchSpace(ABC):
     name: str = ""
     ops: tuple[str, ...] = ()
     genotype_type: type[Genotype] = Genotype
+    search_defaults: dict[str, object] = {}
+    """Supernet options ``nasplat search`` uses unless the user sets them (``--space-option`` overrides each)."""
 
     @abstractmethod
     def supernet(self, num_classes: int, **options) -> Supernet:
