@@ -67,12 +67,15 @@ CANDIDATES: dict[str, dict] = {
 }
 """Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today; the DARTS
 space's ``max_skip_normal`` is 2 in the names with ``cap2`` and in ``default``, none (the paper's decode) in the
-others; the architecture learning rate is constant (``arch_lr_min = arch_lr``) except in ``default`` and the names with
+others; the entropy penalty's weight is 1 unless the name says ``w2`` or ``w3`` (2 in ``default``); the
+architecture learning rate is constant (``arch_lr_min = arch_lr``) except in ``default`` and the names with
 ``cosine``, which anneal it to 0; ``former_default``: no remedy, arch lr 3e-3)."""
 for _name, _overrides in CANDIDATES.items():
     if _name != "default":
         _overrides["space_options"] = {"max_skip_normal": 2 if "cap2" in _name else None}
         _overrides.setdefault("arch_lr_min", _overrides["arch_lr"])
+        if "entropy" in _overrides["remedy"]:  # the penalty's weight was 1 before the second round's measurements
+            _overrides["remedy_options"] = {"entropy_weight": 1.0, **_overrides.get("remedy_options", {})}
 
 
 def _skip_count(genotype: dict) -> int:

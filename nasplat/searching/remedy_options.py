@@ -14,7 +14,7 @@ NO_REMEDY = "none"
 REMEDY_OPTIONS: dict[str, dict[str, float]] = {
     "sdarts": {"epsilon_min": 0.03, "epsilon_max": 0.3},
     "beta_decay": {"beta_weight": 50.0},
-    "entropy": {"entropy_weight": 1.0, "entropy_start": 0.0},
+    "entropy": {"entropy_weight": 2.0, "entropy_start": 0.0},
     "darts_minus": {"aux_skip_weight": 1.0},
     "skip_dropout": {"skip_dropout_rate": 0.7},
 }
