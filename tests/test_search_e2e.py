@@ -73,7 +73,7 @@ def test_darts_search_end_to_end(tmp_path):
     # cosine to 0 over the 2 epochs: 3e-2, then 3e-2 * (1 + cos(pi / 2)) / 2
     assert [m.value for m in client.get_metric_history(child.info.run_id, "arch_lr")] == pytest.approx([3e-2, 1.5e-2])
     # the default remedies (docs/collapse.md): the entropy penalty's weight, 0 at the first epoch, 2 at the last;
-    # P-DARTS's skip dropout, 0.7 at the first and 0 at the last; the DARTS space's cap on skips under the user's options
+    # P-DARTS's skip dropout, 0.7 at the first and 0 at the last; the DARTS space's skip cap under the user's options
     assert [m.value for m in client.get_metric_history(child.info.run_id, "remedy_entropy_weight")] == [0.0, 2.0]
     assert [m.value for m in client.get_metric_history(child.info.run_id, "remedy_skip_dropout")] == [0.7, 0.0]
     assert parent.data.params["remedy"] == "['skip_dropout', 'entropy']", parent.data.params.get("remedy")

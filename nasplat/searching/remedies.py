@@ -1,12 +1,13 @@
 """Remedies for the collapse of differentiable search, for any search space.
 
-They act on the architecture tensors only (each tensor's last dimension = one choice, as ``softmax(alpha, -1)``),
-never on a space's internals, in two places of the bi-level step (:class:`nasplat.BilevelOptimizer`):
+They act on the architecture tensors (each tensor's last dimension = one choice, as ``softmax(alpha, -1)``) or on
+the public building blocks a supernet is made of, never on a space's internals, in three places:
 
-- **the weight step**: ``sdarts`` (SDARTS-RS, Chen & Hsieh 2020, arXiv 2002.05283, Algorithm 1: the weights
-  descend ``L_train(w, A + delta)`` with ``delta ~ U[-eps, eps]`` drawn anew at every step) adds that noise to the
-  architecture while the weights' gradient is taken, then restores it exactly, so the weights are trained for a
-  neighbourhood of the architecture and the arch step never sees the noise. ``eps`` rises linearly with the epoch
+- **the weight step** of the bi-level step (:class:`nasplat.BilevelOptimizer`): ``sdarts`` (SDARTS-RS, Chen &
+  Hsieh 2020, arXiv 2002.05283, Algorithm 1: the weights descend ``L_train(w, A + delta)`` with
+  ``delta ~ U[-eps, eps]`` drawn anew at every step) adds that noise to the architecture while the weights'
+  gradient is taken, then restores it exactly, so the weights are trained for a neighbourhood of the
+  architecture and the arch step never sees the noise. ``eps`` rises linearly with the epoch
   (0-based), ``eps_min + (eps_max - eps_min) * epoch / epochs``, as the authors' code (0.03 to 0.3). The paper
   perturbs the softmaxed weights inside the DARTS cell; a space here normalises its own tensors, so the noise goes
   on the tensors themselves (for a row near uniform, logit noise ``eps`` moves each weight by about ``eps`` of
@@ -41,7 +42,6 @@ import contextlib
 from typing import Iterator, Mapping, Sequence
 
 import torch
-
 from torch import nn
 
 from nasplat.searching.remedy_options import resolve_remedies

@@ -57,8 +57,8 @@ def top_cells(alpha: torch.Tensor, ops: Sequence[str], num_nodes: int, k: int, n
     Strength: the sum over the kept edges of the log softmax probability (over all ops, as the decode) of the chosen
     op. Each node keeps ``keep`` distinct inputs, each with an op not in ``excluded``; within a node the pairs are
     listed strongest first (ties: lower source), as the decode lists them. ``limits`` (op name -> n, None for no
-    limit): only cells with at most n edges of that op (the strongest such cells, exactly; the capped decode is greedy and may rank
-    lower).
+    limit): only cells with at most n edges of that op (the strongest such cells, exactly; the capped decode is
+    greedy and may rank lower).
     """
     edges = cell_edges(num_nodes, num_inputs)
     if tuple(alpha.shape) != (len(edges), len(ops)):

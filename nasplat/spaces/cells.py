@@ -40,10 +40,10 @@ def decode_cell(
     the stronger edge is listed first), each with its strongest allowed op (ties: lower index).
     Returns ``keep`` (op, source) pairs per node, node-major.
 
-    ``limits`` (op name -> n, None for no limit): at most n kept edges with that op, by the architecture refinement of P-DARTS
-    (Chen et al. 2019, arXiv 1904.12760, which keeps M = 2 ``skip_connect``): while the cell has more, the kept
-    edge whose probability of that op is lowest loses it (set to 0, the row not renormalised) and the cell is
-    decoded again.
+    ``limits`` (op name -> n, None for no limit): at most n kept edges with that op, by the architecture
+    refinement of P-DARTS (Chen et al. 2019, arXiv 1904.12760, which keeps M = 2 ``skip_connect``): while
+    the cell has more, the kept edge whose probability of that op is lowest loses it (set to 0, the row not
+    renormalised) and the cell is decoded again.
     """
     edges = cell_edges(num_nodes, num_inputs)
     if tuple(alpha.shape) != (len(edges), len(ops)):
