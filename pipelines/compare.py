@@ -392,9 +392,13 @@ def run_ui(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"nasplat: warning: listening on {args.host}, not only this machine", file=sys.stderr, flush=True)
     sys.stderr.flush()
+    # MLflow's job runner (GenAI scorer jobs, six extra processes) is not needed to browse training runs and makes
+    # the server slow to start and to stop; a user who wants it sets the variable to true
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+                                                                              "false")}
     if os.name == "posix":
-        os.execv(sys.executable, argv)  # signals (Ctrl+C, SIGTERM) go straight to the server
+        os.execve(sys.executable, argv, env)  # signals (Ctrl+C, SIGTERM) go straight to the server
     try:
-        return subprocess.call(argv)
+        return subprocess.call(argv, env=env)
     except KeyboardInterrupt:
         return 130
