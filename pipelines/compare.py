@@ -391,11 +391,7 @@ def run_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI: {ui_url(args.host, args.port)}  (store {uri}; Ctrl+C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"nasplat: warning: listening on {args.host}, not only this machine", file=sys.stderr, flush=True)
-    sys.stderr.flush()
-    # MLflow's job runner (GenAI scorer jobs, six extra processes) is not needed to browse training runs and makes
-    # the server slow to start and to stop; a user who wants it sets the variable to true
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
-                                                                              "false")}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no GenAI job runner: 6 slow processes
     if os.name == "posix":
         os.execve(sys.executable, argv, env)  # signals (Ctrl+C, SIGTERM) go straight to the server
     try:
