@@ -3,6 +3,7 @@ out, SDARTS noise seen by the weight step only, every registered space, and bad 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -287,9 +288,9 @@ def test_darts_minus_on_a_user_space_and_said_idle_without_mixed_ops():
 class _Plain(nasplat.Supernet):
     """A supernet without MixedOp edges."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 3, 1)
+        self.conv = nn.Conv2d(3, num_classes, 1)
         self.add_arch_parameter("alpha", torch.zeros(1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,3 +334,38 @@ def test_skip_dropout_schedule_and_idle_without_skip_candidates():
     assert remedies.attach(_Plain()) == ["remedy 'skip_dropout' does nothing here: _Plain has no stride-1 "
                                          "'skip_connect' candidates in nasplat.MixedOp edges"]
     assert remedies.attach(get_space("darts").supernet(num_classes=3, C=4, layers=3)) == []
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlainGenotype(nasplat.Genotype):
+    space = "test_plain_conv"
+    choice: int = 0
+
+
+@nasplat.register_space
+class _PlainSpace(nasplat.SearchSpace):
+    """A search-only space around :class:`_Plain`: no MixedOp edges, no skip connections."""
+
+    name = "test_plain_conv"
+    ops = ("a", "b")
+    genotype_type = _PlainGenotype
+
+    def supernet(self, num_classes: int, **options) -> _Plain:
+        return _Plain(num_classes)
+
+    def decode(self, arch, **options) -> _PlainGenotype:
+        return _PlainGenotype(choice=int(arch["alpha"].argmax()))
+
+    def build(self, genotype, num_classes: int, **options) -> nn.Module:
+        raise NotImplementedError("search-only test space")
+
+
+def test_a_search_says_once_that_a_supernet_remedy_has_nothing_to_act_on(capsys):
+    from nasplat.searching.config import SearchConfig
+    from nasplat.searching.loop import SupernetSearch
+
+    SupernetSearch(SearchConfig(space="test_plain_conv", image_size=16, train_samples=8, val_samples=4, batch_size=2,
+                                workers=1, epochs=2, remedy=["skip_dropout", "entropy"]))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed.count("[nasplat] warning: remedy 'skip_dropout' does nothing here: _Plain has no stride-1 "
+                         "'skip_connect' candidates in nasplat.MixedOp edges") == 1, printed

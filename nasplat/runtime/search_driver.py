@@ -20,7 +20,6 @@ from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.searching.config import SearchConfig
 from nasplat.searching.cost_search import check_cost
 from nasplat.searching.loop import early_stop_config
-from nasplat.searching.remedies import build_remedies
 from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
@@ -62,10 +61,6 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config field 'space_options': {err}") from None
     preflight.check_crop(config.image_size, minimum, f"search space {name!r} with these options")
-    if {"darts_minus", "skip_dropout"} & set(config.remedy):  # they act on the supernet's MixedOp edges
-        remedies = build_remedies(config.remedy, config.remedy_options)
-        for line in remedies.attach(space.supernet(2, **config.space_options)):
-            log(f"warning: {line}")
     config = check_cost(config, space)
     early_stop_config(config)
     preflight.check_dataset(config, lambda data: len(data.train_a))

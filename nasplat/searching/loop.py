@@ -108,8 +108,9 @@ class SupernetSearch:
         self.cost = cost_objective(config, self.space, self.model.arch_parameters())
         penalty = (lambda: self.cost.penalty(self.model.arch_parameters())) if self.cost is not None else None
         remedies = build_remedies(config.remedy, config.remedy_options)
-        if remedies is not None:
-            remedies.attach(self.model)
+        for line in remedies.attach(self.model) if remedies is not None else ():
+            if rank() == 0:  # a remedy with nothing to act on in this space, said once
+                print(f"[nasplat] warning: {line}", flush=True)
         self.bilevel = BilevelOptimizer(self.model, self.weight_optimizer, self.arch_optimizer, self.loss_fn,
                                         order=config.order, grad_clip=config.grad_clip, arch_penalty=penalty,
                                         remedies=remedies)

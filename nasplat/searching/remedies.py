@@ -28,7 +28,7 @@ the public building blocks a supernet is made of, never on a space's internals, 
   linearly from ``aux_skip_weight`` at the first epoch to 0 at the last (the paper: from 1 to 0), so the supernet
   the search ends with has no auxiliary path. The paper puts a FactorizedReduce on stride-2 edges as well; here
   reduction edges get none (the parameter-free identity cannot halve the size), the collapse it fights is that of
-  the normal cell. In a space without MixedOp edges it does nothing (the search warns before Ray starts).
+  the normal cell. In a space without MixedOp edges it does nothing (the search prints a warning).
   ``skip_dropout`` (P-DARTS, Chen et al. 2019, arXiv 1904.12760, section 3.3): dropout with rate ``p`` on the
   output of every stride-1 ``skip_connect`` candidate while training, so the parameter-free path is less reliable
   than it looks to the architecture; ``p`` decays linearly from ``skip_dropout_rate`` at the first epoch to 0 at
@@ -80,7 +80,7 @@ class Remedies:
     def attach(self, supernet: nn.Module) -> list[str]:
         """Give the remedies that act on the supernet (``darts_minus``, ``skip_dropout``) its stride-1
         :class:`nasplat.MixedOp` edges (and their ``skip_connect`` candidates). Returns a line for each chosen
-        one that finds nothing to act on in ``supernet`` (it then does nothing; the search says so)."""
+        one that finds nothing to act on in ``supernet`` (it then does nothing; the search prints the line)."""
         edges = [m for m in supernet.modules() if isinstance(m, MixedOp) and m.stride == 1]
         skips = [op for edge in edges for name, op in zip(edge.ops, edge.candidates)
                  if name == "skip_connect" and isinstance(op, Identity)]
