@@ -34,3 +34,13 @@ def test_minimum_equal_to_the_rate_keeps_it_constant_and_a_larger_one_is_refused
     assert _rates(SupernetSearch(SearchConfig(**TINY, arch_lr_min=0.04)), 3) == pytest.approx([0.04] * 3)
     with pytest.raises(ConfigError, match=r"'arch_lr_min' \(0.05\) must not exceed 'arch_lr' \(0.04\)"):
         SearchConfig(**TINY, arch_lr_min=0.05)
+
+
+def test_a_checkpoint_from_before_the_schedule_resumes_at_its_constant_rate(tmp_path):
+    first = SupernetSearch(SearchConfig(**TINY, arch_lr_min=0.04))
+    _rates(first, 1)
+    state = first.state_dict()
+    del state["arch_scheduler"]  # as nasplat wrote it before --arch-lr-min
+    resumed = SupernetSearch(SearchConfig(**TINY, arch_lr_min=0.0))  # an old run's config: the new default
+    resumed.load_state_dict(state)
+    assert _rates(resumed, 3) == pytest.approx([0.04] * 3)

@@ -44,6 +44,20 @@ def test_resume_by_name_or_folder_takes_the_stored_settings(tmp_path, monkeypatc
     assert resumed_config(SearchConfig, {"resume": run_dir, "epochs": 4, "storage": "runs"}).epochs == 4
 
 
+def test_a_run_started_before_a_space_default_resumes_with_its_own_options(tmp_path, monkeypatch):
+    """The DARTS space's search default (max_skip_normal) joins new runs only: a run stored without it (as nasplat
+    wrote runs before the default existed) resumes with the options its checkpoints hold, not refused as changed."""
+    from nasplat.runtime.search_driver import prepare_search
+
+    small = dict(space_options={"C": 4}, train_samples=16, val_samples=8, image_size=16, batch_size=2)
+    _, run_dir = _stored_run(tmp_path, **small)
+    monkeypatch.chdir(tmp_path)
+    resumed = prepare_search(resumed_config(SearchConfig, {"resume": run_dir}))
+    assert resumed.space_options == {"C": 4} and keep_settings(resumed, run_dir) == {}
+    fresh = prepare_search(SearchConfig(name="run2", storage=str(tmp_path / "runs"), **small))
+    assert fresh.space_options == {"max_skip_normal": 2, "C": 4}
+
+
 def test_changed_flags_are_refused_with_the_list_unless_overridden(tmp_path):
     _, run_dir = _stored_run(tmp_path, epochs=4)
     with pytest.raises(ConfigError, match=r"epochs: 4 -> 6; max_failures: 1 -> 3\).*--resume-override KEY=VALUE"):

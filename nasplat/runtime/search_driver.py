@@ -54,7 +54,8 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     name, source = resolve_space_spec(config.space)
     config = resolve_paths(config, f"search-{name}", space=f"{source}:{name}" if source else name)
     space = get_space(config.space)
-    config = config.with_space_defaults(space.search_defaults)
+    if not config.resume:  # a resumed run keeps the options it was started with (and its checkpoints hold)
+        config = config.with_space_defaults(space.search_defaults)
     preflight.check_options("space_options", space.supernet, config.space_options, f"search space {name!r}")
     try:
         minimum = space.min_image_size(**config.space_options)

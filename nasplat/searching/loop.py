@@ -281,8 +281,10 @@ class SupernetSearch:
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if "arch_scheduler" in state:  # checkpoints before the schedule held a constant rate
+        if "arch_scheduler" in state:
             self.arch_scheduler.load_state_dict(state["arch_scheduler"])
+        else:  # written before the schedule existed: the rate stays what it was
+            self.arch_scheduler = torch.optim.lr_scheduler.LambdaLR(self.arch_optimizer, lambda epoch: 1.0)
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
 
