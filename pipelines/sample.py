@@ -14,13 +14,16 @@ def add_parser(subparsers) -> None:
         "sample-genotype", help="print or write a uniformly random genotype of a search space",
         description="Draw a genotype uniformly from a search space (SearchSpace.sample) and print it as JSON, "
         "or write it to --out. The same seed always gives the same genotype; use it as a random-search baseline "
-        "(`nasplat retrain` takes the file like a searched genotype).",
+        "(`nasplat retrain` takes the file like a searched genotype). The genotype follows the decode rules of "
+        "`nasplat search`'s defaults (the space's search defaults, e.g. darts: at most 2 skip_connect in the normal "
+        "cell), so it is drawn from the space the search chooses from.",
     )
     parser.add_argument("--space", default=SearchConfig.space, help=SearchConfig.help_texts()["space"])
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--space-option", dest="space_options", action="append", default=[], metavar="KEY=VALUE",
-                        help="supernet option that shapes the genotype, repeatable (autodeeplab: L=12, B=5, "
-                        "beta_norm=paper; darts: none change the genotype)")
+                        help="supernet option that shapes the genotype, repeatable, over the space's search "
+                        "defaults (autodeeplab: L=12, B=5, beta_norm=paper; darts: max_skip_normal=2 by default, "
+                        "max_skip_normal=null for the paper's uncapped decode)")
     parser.add_argument("--out", help="write the JSON to this file instead of printing it")
     parser.set_defaults(handler=run_sample)
 
@@ -34,7 +37,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from pipelines.search import format_genotype
 
     space = get_space(args.space)
-    options = parse_key_values("--space-option", args.space_options)
+    options = {**space.search_defaults, **parse_key_values("--space-option", args.space_options)}
     try:
         genotype = space.sample(args.seed, **options)
     except (TypeError, ValueError) as err:

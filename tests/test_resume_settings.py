@@ -58,6 +58,21 @@ def test_a_run_started_before_a_space_default_resumes_with_its_own_options(tmp_p
     assert fresh.space_options == {"max_skip_normal": 2, "C": 4}
 
 
+def test_a_new_run_stores_its_remedy_options_spelt_out(tmp_path, monkeypatch):
+    """The defaults of the remedies' options are written into a new run's settings (and MLflow params), so a later
+    change of a default cannot change a run that resumes; what the user gave stays, and a resume keeps what it has."""
+    from nasplat.runtime.search_driver import prepare_search
+
+    small = dict(space_options={"C": 4}, train_samples=16, val_samples=8, image_size=16, batch_size=2)
+    monkeypatch.chdir(tmp_path)
+    fresh = prepare_search(SearchConfig(name="run1", storage=str(tmp_path / "runs"), remedy=["skip_dropout", "entropy"],
+                                        remedy_options={"entropy_weight": 0.5}, **small))
+    assert fresh.remedy_options == {"skip_dropout_rate": 0.7, "entropy_weight": 0.5, "entropy_start": 0.0}
+    _, run_dir = _stored_run(tmp_path, name="old", remedy=["entropy"], **small)  # stored before options were spelt out
+    resumed = prepare_search(resumed_config(SearchConfig, {"resume": run_dir}))
+    assert resumed.remedy_options == {} and keep_settings(resumed, run_dir) == {}
+
+
 def test_changed_flags_are_refused_with_the_list_unless_overridden(tmp_path):
     _, run_dir = _stored_run(tmp_path, epochs=4)
     with pytest.raises(ConfigError, match=r"epochs: 4 -> 6; max_failures: 1 -> 3\).*--resume-override KEY=VALUE"):

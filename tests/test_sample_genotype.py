@@ -143,9 +143,26 @@ def test_cli_sample_genotype(tmp_path, capsys):
     out = tmp_path / "g.json"
     assert main(["sample-genotype", "--space", "darts", "--seed", "4", "--out", str(out)]) == 0
     written = nasplat.load_genotype(out)
-    assert written == nasplat.get_space("darts").sample(4)
+    assert written == nasplat.get_space("darts").sample(4, max_skip_normal=2)
     assert main(["sample-genotype", "--space", "autodeeplab", "--seed", "4", "--space-option", "L=5"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["space"] == "autodeeplab" and len(printed["path"]) == 5
     assert main(["sample-genotype", "--space", "nope"]) == 2
     assert "unknown search space 'nope'" in capsys.readouterr().err
+
+
+def _normal_skips(genotype) -> int:
+    return sum(op == "skip_connect" for op, _ in genotype.to_dict()["normal"])
+
+
+def test_cli_samples_from_the_space_nasplat_search_decodes(tmp_path):
+    """Seed 12's uniform draw has 3 skip_connect in the normal cell; `nasplat search` keeps at most 2 (the DARTS
+    space's search default max_skip_normal=2), so sample-genotype draws under the same rule unless told otherwise."""
+    darts = nasplat.get_space("darts")
+    assert _normal_skips(darts.sample(12)) == 3
+    capped, paper = tmp_path / "capped.json", tmp_path / "paper.json"
+    assert main(["sample-genotype", "--space", "darts", "--seed", "12", "--out", str(capped)]) == 0
+    assert _normal_skips(nasplat.load_genotype(capped)) == 2
+    assert main(["sample-genotype", "--space", "darts", "--seed", "12", "--space-option", "max_skip_normal=null",
+                 "--out", str(paper)]) == 0
+    assert nasplat.load_genotype(paper) == darts.sample(12)

@@ -55,7 +55,7 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     config = resolve_paths(config, f"search-{name}", space=f"{source}:{name}" if source else name)
     space = get_space(config.space)
     if not config.resume:  # a resumed run keeps the options it was started with (and its checkpoints hold)
-        config = config.with_space_defaults(space.search_defaults)
+        config = config.with_space_defaults(space.search_defaults).with_resolved_remedies()
     preflight.check_options("space_options", space.supernet, config.space_options, f"search space {name!r}")
     try:
         minimum = space.min_image_size(**config.space_options)

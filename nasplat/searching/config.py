@@ -114,6 +114,12 @@ class SearchConfig(ExperimentConfig):
         """This config with a space's ``search_defaults`` under the space options the user gave."""
         return self.replace(space_options={**search_defaults, **self.space_options})
 
+    def with_resolved_remedies(self) -> "SearchConfig":
+        """This config with every option of its remedies spelt out (defaults included), so that the run's stored
+        settings and MLflow params say what it ran with, and a resume keeps it when a default changes."""
+        resolved = resolve_remedies(self.remedy, self.remedy_options)
+        return self.replace(remedy_options={key: value for options in resolved.values() for key, value in options.items()})
+
     def _validate_cost(self) -> None:
         self.require_choice("cost", COSTS)
         self.require_numbers("cost_weight")
