@@ -14,10 +14,10 @@ The UI keeps chart layouts in the browser, which is thrown away. A run colour pi
 (tag ``mlflow.runColor``), so ``--recolour`` writes to the store; and the server may upgrade an older store's schema.
 Point ``--store-dir`` at a copy when the store must stay as it is.
 
-Needs Playwright, installed by hand (it is not a nasplat dependency), and a Chromium on the machine; Playwright's own
-browser download is not needed:
+Needs Playwright (in nasplat's ``dev`` extra: ``pip install -e ".[dev]"``) and a Chromium on the machine
+(Debian's ``chromium``); Playwright's own browser download is not needed. ``take`` does it all for a store folder;
+tests/test_chart_screenshot.py calls it on a small store of its own. The pictures of docs/tracking.md:
 
-    pip install playwright
     mkdir /tmp/chart_store && cp -r /tmp/pareto_demo/mlflow.db /tmp/pareto_demo/mlartifacts /tmp/chart_store/
     nice -n 19 python bench/mlflow_chart_screenshot.py --store-dir /tmp/chart_store --recolour \\
         --x latency_ms --y val_miou --out docs/img/mlflow_chart_miou_latency.png [--chromium /usr/bin/chromium]
@@ -144,19 +144,21 @@ def distinct_colours(page) -> None:
         seen.add(colour)
 
 
-def screenshot(url: str, x: str, y: str, out: Path, chromium: str, viewport: tuple[int, int], recolour: bool) -> None:
+def screenshot(url: str, x: str, y: str, out: Path, chromium: str, viewport: tuple[int, int], recolour: bool,
+               timeout_ms: int = TIMEOUT_MS) -> dict[str, float]:
     """Open URL, add the X-Y scatter chart through the UI (RECOLOUR: give runs distinct colours first), and save the
-    view down to the chart as OUT."""
+    view down to the chart as OUT. Each step fails after TIMEOUT_MS. Returns the chart card's box (x, y, width,
+    height) in the picture's pixels."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as error:
-        raise SystemExit("this script needs Playwright: pip install playwright (it drives --chromium; "
-                         "no browser download is needed)") from error
+        raise SystemExit('this script needs Playwright: pip install -e ".[dev]" (or pip install playwright; it drives '
+                         "--chromium, no browser download is needed)") from error
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"], timeout=timeout_ms)
         try:
             page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
-            page.set_default_timeout(TIMEOUT_MS)
+            page.set_default_timeout(timeout_ms)
             page.goto(url)
             add_chart = page.get_by_test_id("experiment-view-compare-runs-add-chart").first
             add_chart.wait_for()
@@ -171,13 +173,14 @@ def screenshot(url: str, x: str, y: str, out: Path, chromium: str, viewport: tup
             pick_metric(page, "X axis", x)
             pick_metric(page, "Y axis", y)
             page.get_by_test_id("experiment-view-compare-runs-chart-modal-confirm").click()
-            # the new card goes to the end of the section; the chart search shows it without scrolling
-            search = page.get_by_placeholder("Search metric charts")
-            search.fill(y)
+            # the new card goes to the end of the section (not moved through the chart search: a move there is
+            # among the cards the search shows)
             card = page.get_by_test_id(CARD).filter(has_text=f"{x} vs. {y}")
+            scroll_charts(page, card, 400, timeout_ms)
             card.get_by_test_id("experiment-view-compare-runs-card-menu").click()
             page.get_by_role("menuitem", name="Move to top").click()
-            search.fill("")
+            scroll_charts(page, card, -400, timeout_ms)
+            page.mouse.wheel(0, -100_000)  # to the top of the pane
             widen(page, card)
             card.locator(".js-plotly-plot").wait_for()
             page.wait_for_timeout(1500)  # plotly's redraw after the resize
@@ -187,8 +190,22 @@ def screenshot(url: str, x: str, y: str, out: Path, chromium: str, viewport: tup
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), clip={"x": left, "y": upper, "width": box["x"] + box["width"] + 12 - left,
                                                  "height": box["y"] + box["height"] + 12 - upper})
+            return {"x": box["x"] - left, "y": box["y"] - upper, "width": box["width"], "height": box["height"]}
         finally:
             browser.close()
+
+
+def scroll_charts(page, card, step: int, timeout_ms: int) -> None:
+    """Turn the mouse wheel over the chart pane, STEP pixels at a time, until CARD is drawn (the pane draws only the
+    cards near its view); fail after TIMEOUT_MS."""
+    first = page.get_by_test_id(CARD).first.bounding_box()
+    page.mouse.move(first["x"] + first["width"] / 2, first["y"] + first["height"] / 2)
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not card.is_visible():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the new chart's card did not come into view within {timeout_ms} ms of scrolling")
+        page.mouse.wheel(0, step)
+        page.wait_for_timeout(250)
 
 
 def widen(page, card) -> None:
@@ -198,6 +215,29 @@ def widen(page, card) -> None:
     page.mouse.down()
     page.mouse.move(page.viewport_size["width"] - 20, box["y"] + box["height"] + 60, steps=10)
     page.mouse.up()
+
+
+def take(store_dir: Path, out: Path, *, experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS, x: str = "latency_ms",
+         y: str = "val_miou", search_filter: str = DEFAULT_FILTER, recolour: bool = False,
+         chromium: str = "/usr/bin/chromium", viewport: tuple[int, int] = (1400, 900),
+         timeout_ms: int = TIMEOUT_MS) -> dict[str, float]:
+    """The chart of Y against X of the runs of EXPERIMENTS in STORE_DIR that match SEARCH_FILTER, saved as OUT: starts
+    a server on the store, takes the picture (see ``screenshot``, which gives the return value) and stops the server's
+    process group, also on failure."""
+    store_dir = store_dir.resolve()
+    if not (store_dir / "mlflow.db").is_file():
+        raise SystemExit(f"--store-dir {store_dir}: no mlflow.db there")
+    if not Path(chromium).is_file():
+        raise SystemExit(f"--chromium {chromium}: no such file")
+    port = free_port()
+    log_path = Path(tempfile.gettempdir()) / f"mlflow_chart_server_{port}.log"
+    server = start_server(store_dir, port, log_path)
+    try:
+        url = runs_url(port, experiment_ids(port, list(experiments), store_dir), search_filter)
+        print(f"[chart-screenshot] {url}", file=sys.stderr)
+        return screenshot(url, x, y, out, chromium, viewport, recolour, timeout_ms)
+    finally:
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,21 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="the Chromium executable")
     parser.add_argument("--viewport", type=int, nargs=2, default=(1400, 900), metavar=("W", "H"))
     args = parser.parse_args(argv)
-    store_dir = args.store_dir.resolve()
-    if not (store_dir / "mlflow.db").is_file():
-        raise SystemExit(f"--store-dir {store_dir}: no mlflow.db there")
-    if not Path(args.chromium).is_file():
-        raise SystemExit(f"--chromium {args.chromium}: no such file")
-    port = free_port()
-    log_path = Path(tempfile.gettempdir()) / f"mlflow_chart_server_{port}.log"
-    server = start_server(store_dir, port, log_path)
-    try:
-        ids = experiment_ids(port, args.experiment or list(DEFAULT_EXPERIMENTS), store_dir)
-        url = runs_url(port, ids, args.filter)
-        print(f"[chart-screenshot] {url}", file=sys.stderr)
-        screenshot(url, args.x, args.y, args.out, args.chromium, tuple(args.viewport), args.recolour)
-    finally:
-        stop_server(server)
+    take(args.store_dir, args.out, experiments=tuple(args.experiment or DEFAULT_EXPERIMENTS), x=args.x, y=args.y,
+         search_filter=args.filter, recolour=args.recolour, chromium=args.chromium, viewport=tuple(args.viewport))
     print(f"[chart-screenshot] wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB)", file=sys.stderr)
 
 
