@@ -8,8 +8,7 @@ Built only from the public ``nasplat`` API.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -19,12 +18,12 @@ from nasplat import (
     DiscreteCell,
     FactorizedReduce,
     Genotype,
-    GenotypeError,
     MixedCell,
     ReLUConvBN,
     SearchSpace,
     Supernet,
-    cell_edges,
+    check_partial_channels,
+    cell_edge_weights,
     checkpointed_call,
     decode_cell,
     k_best,
@@ -34,54 +33,7 @@ from nasplat import (
 )
 
 from search_spaces.darts_cost import DartsCostModel, cell_layout
-
-NUM_NODES = 4
-NUM_EDGES = len(cell_edges(NUM_NODES))  # 14
-
-
-@dataclasses.dataclass(frozen=True)
-class DartsGenotype(Genotype):
-    """Published DARTS notation: pairs 2k and 2k+1 of ``normal``/``reduce`` feed node k.
-
-    Inputs 0 and 1 are the two cell inputs, 2.. the intermediate nodes.
-    """
-
-    space: ClassVar[str] = "darts"
-    version: ClassVar[int] = 1
-
-    normal: tuple
-    normal_concat: tuple
-    reduce: tuple
-    reduce_concat: tuple
-
-    def validate(self) -> None:
-        for cell in ("normal", "reduce"):
-            _validate_pairs(cell, getattr(self, cell))
-            _validate_concat(f"{cell}_concat", getattr(self, f"{cell}_concat"))
-
-
-def _validate_pairs(field: str, pairs: object) -> None:
-    if not isinstance(pairs, tuple) or len(pairs) != 2 * NUM_NODES:
-        raise GenotypeError(field, f"expected {2 * NUM_NODES} [op, input] pairs, got {pairs!r}")
-    allowed_ops = [op for op in DARTS_OPS if op != "none"]
-    for index, pair in enumerate(pairs):
-        where = f"{field}[{index}]"
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            raise GenotypeError(where, f"expected [op, input], got {pair!r}")
-        op, source = pair
-        if op not in allowed_ops:
-            raise GenotypeError(where, f"op {op!r} is not one of {allowed_ops}")
-        max_source = index // 2 + 1
-        if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source <= max_source:
-            raise GenotypeError(where, f"input {source!r} must be an integer in 0..{max_source} for node {index // 2}")
-
-
-def _validate_concat(field: str, concat: object) -> None:
-    valid = range(2, 2 + NUM_NODES)
-    distinct = isinstance(concat, tuple) and concat and len(set(concat)) == len(concat)
-    if not distinct or any(type(i) is not int or i not in valid for i in concat):
-        raise GenotypeError(field, f"expected distinct node indices from {list(valid)}, got {concat!r}")
-
+from search_spaces.darts_genotype import NUM_EDGES, NUM_NODES, DartsGenotype
 
 def check_max_skip_normal(value: object) -> None:
     """ValueError unless ``value`` is None or a count of normal-cell edges (0..8)."""
@@ -154,15 +106,29 @@ class _Backbone(nn.Module):
 
 
 class _SearchCell(nn.Module):
-    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool, fused: bool) -> None:
+    def __init__(self, C_pp: int, C_p: int, C: int, reduction: bool, reduction_prev: bool, fused: bool,
+                 partial_channels: int) -> None:
         super().__init__()
         self.reduction = reduction
         self.inputs = _CellInputs(C_pp, C_p, C, reduction_prev, affine=False)
-        self.dag = MixedCell(C, NUM_NODES, DARTS_OPS, input_stride=2 if reduction else 1, fused=fused)
+        self.dag = MixedCell(C, NUM_NODES, DARTS_OPS, input_stride=2 if reduction else 1, fused=fused,
+                             partial_channels=partial_channels)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        states = self.dag(self.inputs(s0, s1), weights)
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None) -> torch.Tensor:
+        states = self.dag(self.inputs(s0, s1), weights, edge_weights=edge_weights)
         return torch.cat(states[-NUM_NODES:], dim=1)
+
+
+def check_options(C: int, max_skip_normal: object, partial_channels: object, edge_normalization: object) -> None:
+    """ValueError naming the space option that the supernet cannot take."""
+    check_max_skip_normal(max_skip_normal)
+    if edge_normalization not in (None, True, False):
+        raise ValueError(f"space option edge_normalization must be true, false or null, got {edge_normalization!r}")
+    try:
+        check_partial_channels(C, partial_channels)
+    except ValueError as err:
+        raise ValueError(f"space option {err} (C={C})") from None
 
 
 class DartsSupernet(Supernet):
@@ -171,20 +137,25 @@ class DartsSupernet(Supernet):
     ``fused`` (default True) runs each cell's edges grouped by source state (:class:`nasplat.MixedCell`);
     False runs them edge by edge, the straightforward path it is checked against. ``checkpoint_cells=True``
     recomputes each cell in the backward pass (:func:`nasplat.checkpointed_call`): less memory, more time.
+    ``partial_channels=K`` (PC-DARTS): 1/K of the channels through the mixed ops; ``edge_normalization`` (default:
+    on with partial channels, as PC-DARTS) adds arch parameters ``<cell>_edges<node>`` weighting each node's edges.
     """
 
     def __init__(self, num_classes: int, C: int = 8, layers: int = 5, reductions: int = 2,
                  stem_multiplier: int = 3, stem_stride: int = 1, head_channels: int = 64, fused: bool = True,
-                 checkpoint_cells: bool = False, max_skip_normal: int | None = None) -> None:
+                 checkpoint_cells: bool = False, max_skip_normal: int | None = None, partial_channels: int = 1,
+                 edge_normalization: bool | None = None) -> None:
         super().__init__()
-        check_max_skip_normal(max_skip_normal)
+        check_options(C, max_skip_normal, partial_channels, edge_normalization)
         self.checkpoint_cells = checkpoint_cells
         self.max_skip_normal = max_skip_normal
-        self.add_arch_parameter("normal", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
-        self.add_arch_parameter("reduce", 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
+        for cell in ("normal", "reduce"):
+            self.add_arch_parameter(cell, 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
+            if partial_channels > 1 if edge_normalization is None else edge_normalization:
+                self.add_edge_parameters(cell, NUM_NODES)
 
         def make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev):
-            return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, fused), NUM_NODES
+            return _SearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, fused, partial_channels), NUM_NODES
 
         self.net = _Backbone(num_classes, C, layers, reductions, stem_multiplier, stem_stride, head_channels, make_cell)
 
@@ -192,9 +163,10 @@ class DartsSupernet(Supernet):
         return {"max_skip_normal": self.max_skip_normal}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {name: torch.softmax(alpha, dim=-1) for name, alpha in self.arch.items()}
+        weights = {cell: (torch.softmax(self.arch[cell], dim=-1), cell_edge_weights(self.arch, cell, NUM_NODES))
+                   for cell in ("normal", "reduce")}
         call = checkpointed_call if self.checkpoint_cells else lambda cell, *args: cell(*args)
-        return self.net.run(x, lambda cell, s0, s1: call(cell, s0, s1, weights["reduce" if cell.reduction else "normal"]))
+        return self.net.run(x, lambda cell, s0, s1: call(cell, s0, s1, *weights["reduce" if cell.reduction else "normal"]))
 
 
 class _DiscreteCell(nn.Module):
@@ -242,10 +214,11 @@ class DartsSpace(SearchSpace):
     def supernet(self, num_classes: int, **options) -> DartsSupernet:
         return DartsSupernet(num_classes, **options)
 
-    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, layers: int = 5,
-                       max_skip_normal: int | None = None, **options) -> int:
+    def min_image_size(self, stem_stride: int = 1, reductions: int = 2, layers: int = 5, C: int = 8,
+                       max_skip_normal: int | None = None, partial_channels: int = 1,
+                       edge_normalization: bool | None = None, **options) -> int:
         reduction_layers(layers, reductions)  # ValueError for a layout the supernet cannot build
-        check_max_skip_normal(max_skip_normal)
+        check_options(C, max_skip_normal, partial_channels, edge_normalization)
         return stem_stride * 2 ** reductions
 
     def decode(self, arch: Mapping[str, torch.Tensor], max_skip_normal: int | None = None,
@@ -255,9 +228,11 @@ class DartsSpace(SearchSpace):
         self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))
         return DartsGenotype(
-            normal=decode_cell(arch["normal"], self.ops, NUM_NODES, limits={"skip_connect": max_skip_normal}),
+            normal=decode_cell(arch["normal"], self.ops, NUM_NODES, limits={"skip_connect": max_skip_normal},
+                               edge_weights=cell_edge_weights(arch, "normal", NUM_NODES)),
             normal_concat=concat,
-            reduce=decode_cell(arch["reduce"], self.ops, NUM_NODES),
+            reduce=decode_cell(arch["reduce"], self.ops, NUM_NODES,
+                               edge_weights=cell_edge_weights(arch, "reduce", NUM_NODES)),
             reduce_concat=concat,
         )
 
@@ -266,10 +241,12 @@ class DartsSpace(SearchSpace):
         return DartsNetwork(genotype, num_classes, **options)
 
     def cost_model(self, image_size: int, C: int = 8, layers: int = 5, reductions: int = 2, stem_multiplier: int = 3,
-                   stem_stride: int = 1, head_channels: int = 64, fused: bool = True,
-                   checkpoint_cells: bool = False) -> DartsCostModel:
+                   stem_stride: int = 1, head_channels: int = 64, fused: bool = True, checkpoint_cells: bool = False,
+                   partial_channels: int = 1, edge_normalization: bool | None = None,
+                   max_skip_normal: int | None = None) -> DartsCostModel:
         """The searched ops of the network these supernet options describe (``build`` takes the same options; how
-        the supernet runs, ``fused`` and ``checkpoint_cells``, does not change them)."""
+        the supernet runs, ``fused``, ``checkpoint_cells`` and the PC-DARTS options, and the decode's
+        ``max_skip_normal`` do not change them)."""
         cells = cell_layout(image_size, C, reduction_layers(layers, reductions), layers, stem_stride)
         options = {"C": C, "layers": layers, "reductions": reductions, "stem_multiplier": stem_multiplier,
                    "stem_stride": stem_stride, "head_channels": head_channels}
@@ -282,8 +259,10 @@ class DartsSpace(SearchSpace):
         within it (P-DARTS's capped decode is greedy and may rank lower)."""
         self.require_arch(arch, "normal", "reduce")
         concat = tuple(range(2, 2 + NUM_NODES))
-        cells = [top_cells(arch["normal"], self.ops, NUM_NODES, k, limits={"skip_connect": max_skip_normal}),
-                 top_cells(arch["reduce"], self.ops, NUM_NODES, k)]
+        cells = [top_cells(arch["normal"], self.ops, NUM_NODES, k, limits={"skip_connect": max_skip_normal},
+                           edge_weights=cell_edge_weights(arch, "normal", NUM_NODES)),
+                 top_cells(arch["reduce"], self.ops, NUM_NODES, k,
+                           edge_weights=cell_edge_weights(arch, "reduce", NUM_NODES))]
         return [(score, DartsGenotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat))
                 for score, (normal, reduce) in k_best(cells, k)]
 

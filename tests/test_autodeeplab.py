@@ -553,8 +553,9 @@ def test_missing_second_input_edges_add_nothing_to_the_alpha_gradient():
     calls = []  # (layer, level, the weights this cell call saw as a leaf of its own)
     for layer, nodes in enumerate(net.cells):
         for level, node in nodes.items():
-            def run(direction, h1, s0, weights, size, s0_terms=None, forward=node.forward, key=(layer, int(level))):
-                assert s0_terms is None
+            def run(direction, h1, s0, weights, size, edge_weights=None, s0_terms=None, forward=node.forward,
+                    key=(layer, int(level))):
+                assert s0_terms is None and edge_weights is None
                 leaf = weights.detach().requires_grad_()
                 calls.append((*key, leaf))
                 return forward(direction, h1, s0, leaf, size)

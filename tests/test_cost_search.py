@@ -157,6 +157,19 @@ def test_a_higher_cost_weight_lowers_the_decoded_genotypes_cost():
     assert costs[3.0]["expected_cost"] < costs[0.0]["expected_cost"]
 
 
+@pytest.mark.parametrize("space_name", ["darts", "autodeeplab"])
+def test_the_cost_model_takes_every_supernet_option_nasplat_search_may_pass(space_name):
+    """`nasplat search` adds the space's search defaults (DARTS: max_skip_normal) to the space options, and the
+    PC-DARTS options change how the supernet runs, not the network: the cost model takes them all (a --cost search
+    with the defaults was refused before)."""
+    space = nasplat.get_space(space_name)
+    small = TINY["space_options"] if space_name == "darts" else {"F": 2, "L": 2, "B": 1}
+    config = SearchConfig(**{**TINY, "space_options": {**small, "partial_channels": 2, "edge_normalization": True}},
+                          cost="flops").with_space_defaults(space.search_defaults)
+    assert check_cost(config, space) == config
+    assert cost_model_of(config, space).op_shapes() == cost_model_of(config.replace(space_options=small), space).op_shapes()
+
+
 def _profile(tmp_path, image_size: int, space: str = "darts") -> str:
     out = tmp_path / f"table_{space}_{image_size}.json"
     options = [f"--space-option={k}={v}" for k, v in TINY["space_options"].items()] if space == "darts" else \

@@ -12,19 +12,21 @@ from nasplat import BilevelOptimizer, MixedCell
 SPACES = {
     "darts": dict(C=4, layers=3, reductions=2),  # a normal cell, then two reduction cells (FactorizedReduce inputs)
     "autodeeplab": dict(F=2, L=4, B=3, stem_channels=(4, 4, 8)),  # layer 2 at stride 16 has no H^{l-2}
+    "darts-pc": dict(C=4, layers=3, reductions=2, partial_channels=2),  # PC-DARTS: half the channels, edge weights
+    "autodeeplab-pc": dict(F=2, L=4, B=3, stem_channels=(4, 4, 8), partial_channels=2),
 }
-CROP = {"darts": 12, "autodeeplab": 33}  # odd Auto-DeepLab levels: stride-2 resizes on odd sizes
+CROP = {"darts": 12, "autodeeplab": 33, "darts-pc": 13, "autodeeplab-pc": 33}  # odd: resizes and pools on odd sizes
 CLASSES = 3
 
 
 def _pair(space: str, seed: int = 0) -> tuple[nasplat.Supernet, nasplat.Supernet]:
     """The per-edge supernet and a fused, channels-last copy with the same weights and buffers (float64)."""
     torch.manual_seed(seed)
-    per_edge = nasplat.get_space(space).supernet(CLASSES, fused=False, **SPACES[space]).double()
+    per_edge = nasplat.get_space(space.split("-")[0]).supernet(CLASSES, fused=False, **SPACES[space]).double()
     with torch.no_grad():  # arch parameters away from uniform, so every op's weight matters
         for alpha in per_edge.arch_parameters().values():
             alpha.normal_()
-    fused = nasplat.get_space(space).supernet(CLASSES, fused=True, **SPACES[space]).double()
+    fused = nasplat.get_space(space.split("-")[0]).supernet(CLASSES, fused=True, **SPACES[space]).double()
     fused.load_state_dict(per_edge.state_dict())
     fused.to(memory_format=torch.channels_last)
     return per_edge, fused

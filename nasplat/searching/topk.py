@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
 
-from nasplat.spaces.cells import OpChoice, cell_edges
+from nasplat.spaces.cells import OpChoice, edge_probabilities
 from nasplat.spaces.genotype import Genotype
 from nasplat.spaces.space import SearchSpace
 
@@ -51,20 +51,17 @@ def k_best(groups: Sequence[Sequence[Scored]], k: int) -> list[tuple[float, tupl
 
 def top_cells(alpha: torch.Tensor, ops: Sequence[str], num_nodes: int, k: int, num_inputs: int = 2, keep: int = 2,
               excluded: Sequence[str] = ("none",), limits: Mapping[str, int | None] | None = None,
-              ) -> list[tuple[float, list[OpChoice]]]:
+              edge_weights: torch.Tensor | None = None) -> list[tuple[float, list[OpChoice]]]:
     """The ``k`` strongest distinct cells of ``alpha`` under the DARTS notation of :func:`nasplat.decode_cell`.
 
     Strength: the sum over the kept edges of the log softmax probability (over all ops, as the decode) of the chosen
     op. Each node keeps ``keep`` distinct inputs, each with an op not in ``excluded``; within a node the pairs are
     listed strongest first (ties: lower source), as the decode lists them. ``limits`` (op name -> n, None for no
     limit): only cells with at most n edges of that op (the strongest such cells, exactly; the capped decode is
-    greedy and may rank lower).
+    greedy and may rank lower). ``edge_weights``: as in the decode, each edge's probabilities times its weight.
     """
-    edges = cell_edges(num_nodes, num_inputs)
-    if tuple(alpha.shape) != (len(edges), len(ops)):
-        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(len(edges), len(ops))}")
     limits = {name: most for name, most in (limits or {}).items() if most is not None}
-    logp = torch.log_softmax(alpha.detach().double().cpu(), dim=-1).tolist()
+    logp = torch.log(edge_probabilities(alpha, len(ops), num_nodes, num_inputs, edge_weights)).tolist()
     allowed = [o for o, name in enumerate(ops) if name not in excluded]
     groups: list[list[Scored]] = []
     row = 0

@@ -32,6 +32,7 @@ def decode_cell(
     keep: int = 2,
     excluded: Sequence[str] = ("none",),
     limits: Mapping[str, int | None] | None = None,
+    edge_weights: torch.Tensor | None = None,
 ) -> list[OpChoice]:
     """The DARTS decode rule (quark0/darts ``Network.genotype``) on raw alpha logits.
 
@@ -44,11 +45,12 @@ def decode_cell(
     refinement of P-DARTS (Chen et al. 2019, arXiv 1904.12760, which keeps M = 2 ``skip_connect``): while
     the cell has more, the kept edge whose probability of that op is lowest loses it (set to 0, the row not
     renormalised) and the cell is decoded again.
+
+    ``edge_weights`` ([edges], PC-DARTS's normalised edge weights): every row's probabilities are multiplied by
+    its edge's weight first, so a node keeps the edges of the largest ``weight * op probability`` (the op of an
+    edge is the same either way).
     """
-    edges = cell_edges(num_nodes, num_inputs)
-    if tuple(alpha.shape) != (len(edges), len(ops)):
-        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(len(edges), len(ops))}")
-    probs = torch.softmax(alpha.detach().double().cpu(), dim=-1)
+    probs = edge_probabilities(alpha, len(ops), num_nodes, num_inputs, edge_weights)
     allowed = [k for k, name in enumerate(ops) if name not in excluded]
     if not allowed:
         raise ValueError(f"every op is excluded from decoding: {list(ops)}")
@@ -67,6 +69,21 @@ def decode_cell(
             probs[min(rows, key=lambda row: probs[row, k].item()), k] = 0.0
             choices = _decode_probs(probs, ops, allowed, num_nodes, num_inputs, keep)
     return choices
+
+
+def edge_probabilities(alpha: torch.Tensor, num_ops: int, num_nodes: int, num_inputs: int = 2,
+                       edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(alpha)`` per row in float64 on the CPU, times ``edge_weights`` per row when given; ValueError
+    naming the expected shapes."""
+    edges = len(cell_edges(num_nodes, num_inputs))
+    if tuple(alpha.shape) != (edges, num_ops):
+        raise ValueError(f"alpha has shape {tuple(alpha.shape)}, expected {(edges, num_ops)}")
+    probs = torch.softmax(alpha.detach().double().cpu(), dim=-1)
+    if edge_weights is None:
+        return probs
+    if tuple(edge_weights.shape) != (edges,):
+        raise ValueError(f"edge_weights has shape {tuple(edge_weights.shape)}, expected {(edges,)}")
+    return probs * edge_weights.detach().double().cpu()[:, None]
 
 
 def _decode_probs(probs: torch.Tensor, ops: Sequence[str], allowed: Sequence[int], num_nodes: int, num_inputs: int,
@@ -98,17 +115,19 @@ class MixedCell(nn.Module):
     Edges leaving the cell inputs use ``input_stride`` (2 in a reduction cell). ``fused=True`` (the
     default) runs the edges that leave one state together (:mod:`nasplat.spaces.fused`): the same
     parameters and results, fewer and larger kernels; ``fused=False`` runs edge by edge.
+    ``partial_channels=K``: PC-DARTS's partial channel connections on every edge (:class:`MixedOp`).
     """
 
     def __init__(self, C: int, num_nodes: int, ops: Sequence[str], num_inputs: int = 2, input_stride: int = 1,
-                 fused: bool = True) -> None:
+                 fused: bool = True, partial_channels: int = 1) -> None:
         super().__init__()
         self.num_nodes = num_nodes
         self.num_inputs = num_inputs
         self.fused = fused
         edges = cell_edges(num_nodes, num_inputs)
         self.edges = nn.ModuleList(
-            MixedOp(C, input_stride if source < num_inputs else 1, ops) for _, source in edges
+            MixedOp(C, input_stride if source < num_inputs else 1, ops, partial_channels=partial_channels)
+            for _, source in edges
         )
         # per state: the edges that leave it, as (edge index, node), in node order
         self.outgoing = [[(e, node) for e, (node, s) in enumerate(edges) if s == state]
@@ -120,20 +139,23 @@ class MixedCell(nn.Module):
         self._state_rows = [slice(end - len(group), end) for end, group in zip(ends, self.outgoing)]
 
     def forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor,
-                input_terms: Mapping[int, torch.Tensor] | None = None) -> list[torch.Tensor]:
+                input_terms: Mapping[int, torch.Tensor] | None = None,
+                edge_weights: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Return every state (inputs first, then nodes); ``weights`` is [edges, ops], softmaxed.
 
         ``input_terms`` (fused only): input index -> its :meth:`edge_terms`, computed once by a caller that runs
-        the cell several times on the same input.
+        the cell several times on the same input. ``edge_weights`` ([edges], e.g. PC-DARTS's normalised edge
+        weights, :func:`nasplat.spaces.partial.node_edge_weights`): each edge's output is multiplied by its weight.
         """
         if self.fused:
-            return self._fused_forward(inputs, weights, input_terms or {})
+            return self._fused_forward(inputs, weights, input_terms or {}, edge_weights)
         states = list(inputs)
         edge = 0
         for _ in range(self.num_nodes):
             total = 0
             for source in range(len(states)):
-                total = total + self.edges[edge](states[source], weights[edge])
+                out = self.edges[edge](states[source], weights[edge])
+                total = total + (out if edge_weights is None else edge_weights[edge] * out)
                 edge += 1
             states.append(total)
         return states
@@ -143,7 +165,7 @@ class MixedCell(nn.Module):
         :attr:`outgoing` order; None when every op adds nothing. ``updates``: see :class:`GroupInput`."""
         edge_ids = [e for e, _ in self.outgoing[state]]
         edge_weights = weights.index_select(0, self.edges_by_state[self._state_rows[state]])
-        group = GroupInput(x, len(edge_ids), updates)
+        group = GroupInput(self.edges[edge_ids[0]].op_input(x), len(edge_ids), updates)
         total = None
         for k in range(edge_weights.shape[1]):
             term = group_forward([self.edges[e].candidates[k] for e in edge_ids], group, edge_weights[:, k])
@@ -152,7 +174,7 @@ class MixedCell(nn.Module):
         return total
 
     def _fused_forward(self, inputs: Sequence[torch.Tensor], weights: torch.Tensor,
-                       input_terms: Mapping[int, torch.Tensor]) -> list[torch.Tensor]:
+                       input_terms: Mapping[int, torch.Tensor], edge_weights: torch.Tensor | None) -> list[torch.Tensor]:
         states = list(inputs)
         incoming: list[list[torch.Tensor]] = [[] for _ in range(self.num_nodes)]
         for state, outgoing in enumerate(self.outgoing):
@@ -163,9 +185,10 @@ class MixedCell(nn.Module):
             total = input_terms[state] if state in input_terms else self.edge_terms(state, states[state], weights)
             for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
                 if total is None:
-                    incoming[node].append(self.edges[e](states[state], weights[e]))
+                    out = self.edges[e](states[state], weights[e])
                 else:
-                    incoming[node].append(self.edges[e].with_auxiliary_skip(total[:, j], states[state]))
+                    out = self.edges[e].finish(total[:, j], states[state])
+                incoming[node].append(out if edge_weights is None else edge_weights[e] * out)
         return states
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasplat.spaces.partial import check_partial_channels, merge_partial
+
 __all__ = [
     "OpFactory",
     "UnknownOpError",
@@ -282,11 +284,16 @@ class MixedOp(nn.Module):
     As in the DARTS supernet, ops whose name contains ``"pool"`` are followed by
     a non-affine BatchNorm2d. :attr:`auxiliary_skip` (default 0) is a weight ``beta``: a stride-1 edge
     adds ``beta * x``, the auxiliary skip connection of DARTS- (set by the ``darts_minus`` remedy).
+    ``partial_channels=K`` (PC-DARTS, :mod:`nasplat.spaces.partial`): the ops see the first ``C/K`` channels,
+    the others pass by, and the joined channels are shuffled in ``K`` groups.
     """
 
-    def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False) -> None:
+    def __init__(self, C: int, stride: int, ops: Sequence[str], affine: bool = False,
+                 partial_channels: int = 1) -> None:
         super().__init__()
+        check_partial_channels(C, partial_channels)
         self.stride = stride
+        self.partial_channels = partial_channels
         self.auxiliary_skip = 0.0
         names = tuple(ops)
         if not names:
@@ -295,10 +302,11 @@ class MixedOp(nn.Module):
             raise ValueError(f"MixedOp got duplicate op names: {names}")
         self.ops: tuple[str, ...] = names
         self.candidates = nn.ModuleList()
+        C_ops = C // partial_channels
         for name in names:
-            op = build_op(name, C, stride, affine)
+            op = build_op(name, C_ops, stride, affine)
             if "pool" in name:
-                op = PoolBN(op, C)
+                op = PoolBN(op, C_ops)
             self.candidates.append(op)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -308,10 +316,18 @@ class MixedOp(nn.Module):
                 f"MixedOp expects a 1-D weights tensor of length {len(self.ops)} "
                 f"(one per op in {self.ops}), got shape {tuple(weights.shape)}"
             )
-        return self.with_auxiliary_skip(sum(w * op(x) for w, op in zip(weights, self.candidates)), x)
+        inputs = self.op_input(x)
+        return self.finish(sum(w * op(inputs) for w, op in zip(weights, self.candidates)), x)
 
-    def with_auxiliary_skip(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``output + auxiliary_skip * x`` on a stride-1 edge with a nonzero weight, else ``output``."""
+    def op_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the candidate ops see: ``x``, or its first ``C/K`` channels with partial channels."""
+        return x if self.partial_channels == 1 else x[:, : x.shape[1] // self.partial_channels]
+
+    def finish(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The edge's output from the ops' weighted sum ``output``: the bypassed channels joined back (partial
+        channels), then ``+ auxiliary_skip * x`` on a stride-1 edge with a nonzero weight."""
+        if self.partial_channels != 1:
+            output = merge_partial(output, x, self.partial_channels, self.stride)
         if self.auxiliary_skip and self.stride == 1:
             return output + self.auxiliary_skip * x
         return output

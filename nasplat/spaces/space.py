@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from nasplat.spaces.genotype import Genotype
+from nasplat.spaces.partial import edge_parameter_names
 
 if TYPE_CHECKING:
     from nasplat.searching.cost import CostModel
@@ -38,6 +39,12 @@ class Supernet(nn.Module):
         param = nn.Parameter(value)
         self.arch[name] = param
         return param
+
+    def add_edge_parameters(self, prefix: str, num_nodes: int, num_inputs: int = 2) -> None:
+        """Register one cell's edge-normalisation parameters (PC-DARTS, :mod:`nasplat.spaces.partial`):
+        ``<prefix>_edges<node>`` with ``num_inputs + node`` logits each, initialised as alpha (``1e-3 * N(0, 1)``)."""
+        for node, name in enumerate(edge_parameter_names(prefix, num_nodes)):
+            self.add_arch_parameter(name, 1e-3 * torch.randn(num_inputs + node))
 
     def arch_parameters(self) -> dict[str, nn.Parameter]:
         """Name -> architecture parameter; the input that ``space.decode`` expects."""

@@ -10,7 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from nasplat import Genotype, SearchSpace, cell_edges, decode_cell, k_best, register_space, top_cells
+from nasplat import (Genotype, SearchSpace, cell_edge_weights, cell_edges, decode_cell, k_best, register_space,
+                     top_cells)
 
 from search_spaces.autodeeplab.cost import AutoDeepLabCostModel
 from search_spaces.autodeeplab.genotype import AutoDeepLabGenotype
@@ -18,7 +19,7 @@ from search_spaces.autodeeplab.network import AutoDeepLabNetwork
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (DEFAULT_BETA_NORM, STRIDES, check_beta_norm, sample_path, top_paths,
                                              viterbi_path)
-from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet
+from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet, check_pc_options
 
 
 def _blocks_from_edges(num_edges: int) -> int:
@@ -41,7 +42,9 @@ class AutoDeepLabSpace(SearchSpace):
         """Options: ``F=8, L=12, B=5, beta_norm="paper", checkpoint_cells=False, stem_channels, fused=True``."""
         return AutoDeepLabSupernet(num_classes, **options)
 
-    def min_image_size(self, **options) -> int:
+    def min_image_size(self, F: int = 8, partial_channels: int = 1, edge_normalization: bool | None = None,
+                       **options) -> int:
+        check_pc_options(F, partial_channels, edge_normalization)
         return max(STRIDES)
 
     def decode(self, arch: Mapping[str, torch.Tensor], beta_norm: str | None = None) -> AutoDeepLabGenotype:
@@ -56,7 +59,7 @@ class AutoDeepLabSpace(SearchSpace):
         beta_norm = check_beta_norm(beta_norm or DEFAULT_BETA_NORM)
         blocks = _blocks_from_edges(alpha.shape[0])
         return AutoDeepLabGenotype(
-            cell=decode_cell(alpha, self.ops, num_nodes=blocks),
+            cell=decode_cell(alpha, self.ops, num_nodes=blocks, edge_weights=cell_edge_weights(arch, "alpha", blocks)),
             cell_concat=tuple(range(2, 2 + blocks)),
             path=viterbi_path(beta, beta_norm),
             beta_norm=beta_norm,
@@ -69,10 +72,11 @@ class AutoDeepLabSpace(SearchSpace):
         cell by the DARTS rule on i.i.d. Gaussian alpha (input pair and op uniform per block).
 
         Takes the supernet's options; only ``L``, ``B`` and ``beta_norm`` (recorded in the
-        genotype) matter, the others (``F``, ``checkpoint_cells``, ``stem_channels``, ``fused``) are
-        accepted and ignored.
+        genotype) matter, the others (``F``, ``checkpoint_cells``, ``stem_channels``, ``fused``,
+        ``partial_channels``, ``edge_normalization``) are accepted and ignored.
         """
-        unknown = sorted(set(options) - {"F", "checkpoint_cells", "stem_channels", "fused"})
+        unknown = sorted(set(options) - {"F", "checkpoint_cells", "stem_channels", "fused", "partial_channels",
+                                         "edge_normalization"})
         if unknown:
             raise TypeError(f"{self.name} sample() got unknown supernet options {unknown}")
         if B < 1:
@@ -89,9 +93,10 @@ class AutoDeepLabSpace(SearchSpace):
 
     def cost_model(self, image_size: int, F: int = 8, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
                    beta_norm: str = DEFAULT_BETA_NORM, checkpoint_cells: bool = False,
-                   stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True) -> AutoDeepLabCostModel:
+                   stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True, partial_channels: int = 1,
+                   edge_normalization: bool | None = None) -> AutoDeepLabCostModel:
         """The cell's ops at every level, for the retrain network with the supernet's ``F`` (:mod:`.cost`); how the
-        supernet runs (``checkpoint_cells``, ``fused``) does not change it."""
+        supernet runs (``checkpoint_cells``, ``fused``, the PC-DARTS options) does not change it."""
         return AutoDeepLabCostModel(image_size, self.ops, F, L, B, {"F": F, "stem_channels": tuple(stem_channels)})
 
     def top_genotypes(self, arch: Mapping[str, torch.Tensor], k: int,
@@ -101,7 +106,8 @@ class AutoDeepLabSpace(SearchSpace):
         self.require_arch(arch, "alpha", "beta")
         beta_norm = check_beta_norm(beta_norm or DEFAULT_BETA_NORM)
         blocks = _blocks_from_edges(arch["alpha"].shape[0])
-        choices = [top_cells(arch["alpha"], self.ops, blocks, k), top_paths(arch["beta"], k, beta_norm)]
+        choices = [top_cells(arch["alpha"], self.ops, blocks, k, edge_weights=cell_edge_weights(arch, "alpha", blocks)),
+                   top_paths(arch["beta"], k, beta_norm)]
         return [(score, AutoDeepLabGenotype(cell=cell, cell_concat=tuple(range(2, 2 + blocks)), path=path,
                                             beta_norm=beta_norm))
                 for score, (cell, path) in k_best(choices, k)]

@@ -28,7 +28,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from nasplat import MixedCell, ReLUConvBN, Supernet, cell_edges, checkpointed_call, resize_to
+from nasplat import (MixedCell, ReLUConvBN, Supernet, cell_edge_weights, cell_edges, check_partial_channels,
+                     checkpointed_call, resize_to)
 
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (
@@ -45,6 +46,16 @@ DEFAULT_BLOCKS = 5
 DEFAULT_LAYERS = 12
 
 
+def check_pc_options(F: int, partial_channels: object, edge_normalization: object) -> None:
+    """ValueError naming the PC-DARTS space option the supernet cannot take (K must divide every cell's channels)."""
+    if edge_normalization not in (None, True, False):
+        raise ValueError(f"space option edge_normalization must be true, false or null, got {edge_normalization!r}")
+    try:
+        check_partial_channels(F, partial_channels)
+    except ValueError as err:
+        raise ValueError(f"space option {err} (F={F}: the cells at stride 4 have F channels per block)") from None
+
+
 class SearchNode(nn.Module):
     """The cell of one (layer, level) node: a preprocessing per incoming move, one mixed DAG.
 
@@ -53,7 +64,7 @@ class SearchNode(nn.Module):
     """
 
     def __init__(self, level: int, sources: Mapping[int, int], C_pp: int | None, C: int, blocks: int,
-                 ops: Sequence[str], fused: bool = True) -> None:
+                 ops: Sequence[str], fused: bool = True, partial_channels: int = 1) -> None:
         super().__init__()
         self.blocks = blocks
         pre = {}
@@ -66,7 +77,8 @@ class SearchNode(nn.Module):
                 pre["up"] = ReLUConvBN(C_in, C, 1, 1, 0, affine=False)
         self.pre = nn.ModuleDict(pre)
         self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False) if C_pp is not None else None
-        self.dag = MixedCell(C, blocks, ops, num_inputs=2 if C_pp is not None else 1, fused=fused)
+        self.dag = MixedCell(C, blocks, ops, num_inputs=2 if C_pp is not None else 1, fused=fused,
+                             partial_channels=partial_channels)
         # alpha rows of this DAG's edges: without H^{l-2}, the rows of edges that leave input 0 are skipped
         rows = None if C_pp is not None else torch.tensor([row for row, (_, s) in enumerate(cell_edges(blocks)) if s])
         self.register_buffer("rows", rows, persistent=False)
@@ -76,16 +88,21 @@ class SearchNode(nn.Module):
         return {-1: "down", 0: "same", 1: "up"}[source - level]
 
     def forward(self, direction: str, h1: torch.Tensor, s0: torch.Tensor | None, weights: torch.Tensor,
-                size: Sequence[int], s0_terms: torch.Tensor | None = None) -> torch.Tensor:
+                size: Sequence[int], edge_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+                s0_terms: torch.Tensor | None = None) -> torch.Tensor:
         """One move into this node: ``H^{l-1}`` from the ``direction`` side, ``s0`` = preprocessed ``H^{l-2}``;
-        ``s0_terms``: the DAG's edges leaving ``s0`` (``self.dag.edge_terms``), when the caller shares them."""
+        ``edge_weights``: PC-DARTS's edge weights of a cell with and without ``H^{l-2}`` (None: no edge
+        normalisation); ``s0_terms``: the DAG's edges leaving ``s0`` (``self.dag.edge_terms``), when the caller
+        shares them."""
         if direction == "up":
             h1 = resize_to(h1, size)
         s1 = self.pre[direction](h1)
         if self.rows is None:
-            states = self.dag([s0, s1], weights, None if s0_terms is None else {0: s0_terms})
+            states = self.dag([s0, s1], weights, None if s0_terms is None else {0: s0_terms},
+                              edge_weights=None if edge_weights is None else edge_weights[0])
         else:
-            states = self.dag([s1], weights.index_select(0, self.rows))
+            states = self.dag([s1], weights.index_select(0, self.rows),
+                              edge_weights=None if edge_weights is None else edge_weights[1])
         return torch.cat(states[-self.blocks:], dim=1)
 
 
@@ -117,20 +134,27 @@ class AutoDeepLabSupernet(Supernet):
     (``torch.utils.checkpoint``, ``use_reentrant=False``): same outputs, gradients and BN running
     statistics, less memory; it also holds under ``torch.func.functional_call`` (second order).
     ``fused`` (default True) runs each cell's edges grouped by source state (:class:`nasplat.MixedCell`).
+    ``partial_channels=K`` (PC-DARTS): 1/K of each cell's channels through its mixed ops (K divides ``F``);
+    ``edge_normalization`` (default: on with partial channels) adds ``alpha_edges<block>``, the weights of each
+    block's incoming edges.
     """
 
     def __init__(self, num_classes: int, F: int = 8, L: int = DEFAULT_LAYERS, B: int = DEFAULT_BLOCKS,
                  beta_norm: str = DEFAULT_BETA_NORM, checkpoint_cells: bool = False,
-                 stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True) -> None:
+                 stem_channels: Sequence[int] = (64, 64, 128), fused: bool = True, partial_channels: int = 1,
+                 edge_normalization: bool | None = None) -> None:
         super().__init__()
         if F < 1 or L < 1 or B < 1:
             raise ValueError(f"need F, L, B >= 1, got F={F}, L={L}, B={B}")
+        check_pc_options(F, partial_channels, edge_normalization)
         self.F, self.L, self.B = F, L, B
         self.beta_norm = check_beta_norm(beta_norm)
         self.checkpoint_cells = checkpoint_cells
         self.ops = AUTODEEPLAB_OPS
         self.add_arch_parameter("alpha", 1e-3 * torch.randn(len(cell_edges(B)), len(AUTODEEPLAB_OPS)))
         self.add_arch_parameter("beta", 1e-3 * torch.randn(L, NUM_LEVELS, 3))
+        if partial_channels > 1 if edge_normalization is None else edge_normalization:
+            self.add_edge_parameters("alpha", B)
         self.stem = Stem(stem_channels)
 
         def node_channels(layer: int) -> dict[int, int]:
@@ -146,7 +170,7 @@ class AutoDeepLabSupernet(Supernet):
             for level in node_channels(layer):
                 sources = {s: prev[s] for s in (level - 1, level, level + 1) if s in prev}
                 C_pp = stem_channels[1 + layer] if layer < 2 else node_channels(layer - 2).get(level)
-                nodes[str(level)] = SearchNode(level, sources, C_pp, F * 2**level, B, self.ops, fused)
+                nodes[str(level)] = SearchNode(level, sources, C_pp, F * 2**level, B, self.ops, fused, partial_channels)
             self.cells.append(nodes)
         self.heads = nn.ModuleDict({
             str(level): SearchASPP(C, 96 // STRIDES[level], num_classes)
@@ -154,10 +178,11 @@ class AutoDeepLabSupernet(Supernet):
         })
 
     def _cell(self, node: SearchNode, direction: str, h1: torch.Tensor, s0: torch.Tensor | None,
-              weights: torch.Tensor, size: Sequence[int], s0_terms: torch.Tensor | None) -> torch.Tensor:
+              weights: torch.Tensor, size: Sequence[int], edge_weights: tuple[torch.Tensor, torch.Tensor] | None,
+              s0_terms: torch.Tensor | None) -> torch.Tensor:
         if self.checkpoint_cells:
-            return checkpointed_call(node, direction, h1, s0, weights, size)
-        return node(direction, h1, s0, weights, size, s0_terms=s0_terms)
+            return checkpointed_call(node, direction, h1, s0, weights, size, edge_weights)
+        return node(direction, h1, s0, weights, size, edge_weights, s0_terms=s0_terms)
 
     def decode_options(self) -> dict[str, object]:
         return {"beta_norm": self.beta_norm}
@@ -165,7 +190,7 @@ class AutoDeepLabSupernet(Supernet):
     def arch_distributions(self) -> dict[str, torch.Tensor]:
         """Softmax over alpha's ops; beta as normalised (moves that do not exist are 0)."""
         return {
-            "alpha": torch.softmax(self.arch["alpha"].detach(), dim=-1),
+            **{name: torch.softmax(value.detach(), dim=-1) for name, value in self.arch.items() if name != "beta"},
             "beta": normalized_beta(self.arch["beta"].detach(), self.beta_norm),
         }
 
@@ -173,6 +198,8 @@ class AutoDeepLabSupernet(Supernet):
         """Per layer, level -> state (``B*F*2^level`` channels at ``level_sizes`` of the stem output)."""
         weights = torch.softmax(self.arch["alpha"], dim=-1)
         move_weights = normalized_beta(self.arch["beta"], self.beta_norm)
+        with_s0 = cell_edge_weights(self.arch, "alpha", self.B)
+        edge_weights = None if with_s0 is None else (with_s0, cell_edge_weights(self.arch, "alpha", self.B, 1))
         half, stem = self.stem(x)
         sizes = level_sizes(stem.shape[-2:])
         prev_prev: dict[int, torch.Tensor] = {}
@@ -193,7 +220,7 @@ class AutoDeepLabSupernet(Supernet):
                 total = 0
                 for source in sources:
                     out = self._cell(node, node.direction(source, level), prev[source], s0, weights, sizes[level],
-                                     s0_terms)
+                                     edge_weights, s0_terms)
                     total = total + move_weights[layer, source, level - source + 1] * out
                 new[level] = total
             prev_prev, prev = prev, new
