@@ -16,7 +16,10 @@ Peak memory is the process's resident-set high-water mark (``ru_maxrss``) minus 
 Paths (``--paths``): ``per-edge`` is the straightforward implementation (``fused=False``: every candidate
 of every edge its own kernels, NCHW tensors), ``fast`` the default (``fused=True`` and channels-last
 tensors, as ``nasplat search`` runs). ``fused`` and ``channels-last`` are the two levers alone;
-``fast-checkpoint`` adds cell checkpointing (``--space-option checkpoint_cells=true``), a memory-saving mode.
+``fast-checkpoint`` adds cell checkpointing (``--space-option checkpoint_cells=true``), a memory-saving mode;
+``fast-pc2`` and ``fast-pc4`` add PC-DARTS's partial channels with K = 2 or 4 and edge normalisation
+(``--space-option partial_channels=K``), the other memory-saving mode: a different supernet (fewer weights,
+same decode), so compare its memory, not its losses, with the others.
 
     python bench/search_step.py                       # the configurations, 10 steps each
     python bench/search_step.py --configs darts-c8 --kinds weight --steps 5
@@ -44,9 +47,10 @@ CONFIGS: dict[str, dict] = {
     "adl-f8-321": dict(space="autodeeplab", options=dict(F=8, L=12, B=5), batch=2, crop=321, classes=19),
 }
 DEFAULT_CONFIGS = ("darts-c8", "darts-c16", "adl-f4-64", "adl-f4-128", "adl-f8-64", "adl-f8-128")
-PATHS = {  # name: fused, channels-last, checkpoint_cells
-    "per-edge": (False, False, False), "fused": (True, False, False), "channels-last": (False, True, False),
-    "fast": (True, True, False), "fast-checkpoint": (True, True, True),
+PATHS = {  # name: channels-last, supernet options
+    "per-edge": (False, dict(fused=False)), "fused": (False, dict(fused=True)), "channels-last": (True, dict(fused=False)),
+    "fast": (True, dict(fused=True)), "fast-checkpoint": (True, dict(fused=True, checkpoint_cells=True)),
+    "fast-pc2": (True, dict(fused=True, partial_channels=2)), "fast-pc4": (True, dict(fused=True, partial_channels=4)),
 }
 KINDS = ("weight", "arch1", "arch2")
 
@@ -69,9 +73,8 @@ def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threa
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = CONFIGS[config_name]
-    fused, channels_last, checkpoint_cells = PATHS[path]
-    model = nasplat.get_space(config["space"]).supernet(
-        config["classes"], fused=fused, checkpoint_cells=checkpoint_cells, **config["options"]).to(device)
+    channels_last, options = PATHS[path]
+    model = nasplat.get_space(config["space"]).supernet(config["classes"], **options, **config["options"]).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
