@@ -93,9 +93,9 @@ class ExperimentRun:
     def errors(self) -> list[BaseException]:
         return [r.error for r in self.results if r.error is not None]
 
-    def best(self, key: str) -> tune.Result:
-        """The finished trial with the highest reported ``key``; AllTrialsFailed (and the parent run FAILED, with
-        the reason) when no trial finished."""
+    def best_or_fail(self, key: str) -> tune.Result:
+        """The finished trial with the highest reported ``key``. When no trial finished, the experiment has failed:
+        the parent run is marked FAILED with the reason, and AllTrialsFailed is raised."""
         finished = [r for r in self.results if r.error is None and r.metrics and key in r.metrics]
         if not finished:
             errors = self.errors()

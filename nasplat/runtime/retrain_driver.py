@@ -133,7 +133,7 @@ def run_retrain(config: RetrainConfig, argv: list[str] | None = None) -> Experim
         param_space=param_space, search_alg=search_alg, scheduler=scheduler, num_samples=config.trials, argv=argv,
     )
     run = run_experiment(experiment, on_parent_run=record_genotype)
-    best = run.best("best_val_miou")
+    best = run.best_or_fail("best_val_miou")
     best_run_id = run.trial_run_id(best)
     checkpoint = f"{run.run_dir}/{BEST_MODEL_FILE}"
     best_epoch = int(best.metrics["best_epoch"])

@@ -89,7 +89,7 @@ def run_search(config: SearchConfig, argv: list[str] | None = None) -> Experimen
         reserve_cpus=RESERVED_CPUS if uses_ray_data(config) else 0.0, argv=argv,
     )
     run = run_experiment(experiment)
-    best = run.best("genotype")
+    best = run.best_or_fail("genotype")
     genotype = genotype_from_dict(json.loads(best.metrics["genotype"]))
     best_run_id = run.trial_run_id(best)
     parent = RunLogger(config.tracking_uri, run.parent_run_id)
