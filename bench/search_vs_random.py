@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import os
@@ -151,11 +152,12 @@ def retrain_curve(source: dict, seed: int, fields: dict, threads: int, device: s
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    trainer = Retrainer(RetrainConfig(seed=seed, **fields), source, device=device)
-    curve = []
-    for _ in range(fields["epochs"]):
-        trainer.train_epoch()
-        curve.append(float(trainer.evaluate()["val_miou"]))
+    with contextlib.redirect_stdout(sys.stderr):  # the retrain's progress lines: stdout carries only the table
+        trainer = Retrainer(RetrainConfig(seed=seed, **fields), source, device=device)
+        curve = []
+        for _ in range(fields["epochs"]):
+            trainer.train_epoch()
+            curve.append(float(trainer.evaluate()["val_miou"]))
     return {"curve": curve, "params": count_parameters(trainer.model), "seconds": time.perf_counter() - started}
 
 
