@@ -24,8 +24,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "nasplat.spaces.checkpointing": ("checkpointed_call",),
     "nasplat.spaces.fused": ("GroupInput", "group_batch_norm", "register_group_forward", "stacked_conv"),
     "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype"),
-    "nasplat.spaces.partial": ("cell_edge_weights", "channel_shuffle", "check_partial_channels", "edge_parameter_names",
-                               "node_edge_weights"),
+    "nasplat.spaces.partial": ("cell_edge_weights", "channel_shuffle", "check_partial_channels", "check_pc_options",
+                               "edge_parameter_names", "node_edge_weights", "uses_edge_normalization"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
                                 "load_genotype", "register_space"),
     "nasplat.spaces.space": ("SearchSpace", "Supernet"),
@@ -56,8 +56,8 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
     from nasplat.spaces.checkpointing import checkpointed_call
     from nasplat.spaces.fused import GroupInput, group_batch_norm, register_group_forward, stacked_conv
     from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype
-    from nasplat.spaces.partial import (cell_edge_weights, channel_shuffle, check_partial_channels, edge_parameter_names,
-                                        node_edge_weights)
+    from nasplat.spaces.partial import (cell_edge_weights, channel_shuffle, check_partial_channels, check_pc_options,
+                                        edge_parameter_names, node_edge_weights, uses_edge_normalization)
     from nasplat.spaces.ops import (DARTS_OPS, DilConv, FactorizedReduce, Identity, MixedOp, PoolBN, ReLUConvBN, SepConv,
                                     UnknownOpError, Zero, build_op, get_op, register_op, registered_ops)
     from nasplat.spaces.registry import (UnknownSpaceError, available_spaces, genotype_from_dict, get_space,

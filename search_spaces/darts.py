@@ -22,7 +22,7 @@ from nasplat import (
     ReLUConvBN,
     SearchSpace,
     Supernet,
-    check_partial_channels,
+    check_pc_options,
     cell_edge_weights,
     checkpointed_call,
     decode_cell,
@@ -30,6 +30,7 @@ from nasplat import (
     register_space,
     resize_to,
     top_cells,
+    uses_edge_normalization,
 )
 
 from search_spaces.darts_cost import DartsCostModel, cell_layout
@@ -123,12 +124,7 @@ class _SearchCell(nn.Module):
 def check_options(C: int, max_skip_normal: object, partial_channels: object, edge_normalization: object) -> None:
     """ValueError naming the space option that the supernet cannot take."""
     check_max_skip_normal(max_skip_normal)
-    if edge_normalization not in (None, True, False):
-        raise ValueError(f"space option edge_normalization must be true, false or null, got {edge_normalization!r}")
-    try:
-        check_partial_channels(C, partial_channels)
-    except ValueError as err:
-        raise ValueError(f"space option {err} (C={C})") from None
+    check_pc_options(C, partial_channels, edge_normalization, f"C={C}")
 
 
 class DartsSupernet(Supernet):
@@ -151,7 +147,7 @@ class DartsSupernet(Supernet):
         self.max_skip_normal = max_skip_normal
         for cell in ("normal", "reduce"):
             self.add_arch_parameter(cell, 1e-3 * torch.randn(NUM_EDGES, len(DARTS_OPS)))
-            if partial_channels > 1 if edge_normalization is None else edge_normalization:
+            if uses_edge_normalization(partial_channels, edge_normalization):
                 self.add_edge_parameters(cell, NUM_NODES)
 
         def make_cell(i, C_pp, C_p, C_curr, reduction, reduction_prev):

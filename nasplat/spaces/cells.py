@@ -183,11 +183,13 @@ class MixedCell(nn.Module):
             if not outgoing:
                 continue
             total = input_terms[state] if state in input_terms else self.edge_terms(state, states[state], weights)
+            # the edges leaving one state share their stride, hence their partial channels' bypass
+            bypass = None if total is None else self.edges[outgoing[0][0]].bypass(states[state])
             for j, (e, node) in enumerate(outgoing):  # every op added nothing: the per-edge zeros
                 if total is None:
                     out = self.edges[e](states[state], weights[e])
                 else:
-                    out = self.edges[e].finish(total[:, j], states[state])
+                    out = self.edges[e].finish(total[:, j], states[state], bypass)
                 incoming[node].append(out if edge_weights is None else edge_weights[e] * out)
         return states
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat.spaces.partial import check_partial_channels, merge_partial
+from nasplat.spaces.partial import check_partial_channels, merge_partial, partial_bypass
 
 __all__ = [
     "OpFactory",
@@ -323,11 +323,16 @@ class MixedOp(nn.Module):
         """What the candidate ops see: ``x``, or its first ``C/K`` channels with partial channels."""
         return x if self.partial_channels == 1 else x[:, : x.shape[1] // self.partial_channels]
 
-    def finish(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def bypass(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The channels that pass the ops by (partial channels), or None when every channel goes through them."""
+        return None if self.partial_channels == 1 else partial_bypass(x, self.partial_channels, self.stride)
+
+    def finish(self, output: torch.Tensor, x: torch.Tensor, bypass: torch.Tensor | None = None) -> torch.Tensor:
         """The edge's output from the ops' weighted sum ``output``: the bypassed channels joined back (partial
-        channels), then ``+ auxiliary_skip * x`` on a stride-1 edge with a nonzero weight."""
+        channels; ``bypass``: :meth:`bypass` of ``x`` when the caller has it already), then ``+ auxiliary_skip * x``
+        on a stride-1 edge with a nonzero weight."""
         if self.partial_channels != 1:
-            output = merge_partial(output, x, self.partial_channels, self.stride)
+            output = merge_partial(output, self.bypass(x) if bypass is None else bypass, self.partial_channels)
         if self.auxiliary_skip and self.stride == 1:
             return output + self.auxiliary_skip * x
         return output

@@ -25,18 +25,39 @@ def check_partial_channels(C: int, partial_channels: int) -> None:
         raise ValueError(f"partial_channels={partial_channels} must divide the {C} channels of every mixed edge")
 
 
+def check_pc_options(channels: int, partial_channels: object, edge_normalization: object, where: str) -> None:
+    """ValueError naming the PC-DARTS space option a supernet cannot take: ``partial_channels`` must divide
+    ``channels`` (the fewest channels of any mixed edge; ``where`` says which option sets them, e.g. ``"C=8"``),
+    ``edge_normalization`` must be true, false or None."""
+    if edge_normalization not in (None, True, False):
+        raise ValueError(f"space option edge_normalization must be true, false or null, got {edge_normalization!r}")
+    try:
+        check_partial_channels(channels, partial_channels)
+    except ValueError as err:
+        raise ValueError(f"space option {err} ({where})") from None
+
+
+def uses_edge_normalization(partial_channels: int, edge_normalization: bool | None) -> bool:
+    """Whether a supernet weighs its edges: as asked, or by default exactly when it has partial channels (PC-DARTS)."""
+    return partial_channels > 1 if edge_normalization is None else edge_normalization
+
+
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet's shuffle: channel ``g * (C/groups) + i`` moves to ``i * groups + g``."""
     n, c, h, w = x.shape
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-def merge_partial(processed: torch.Tensor, x: torch.Tensor, partial_channels: int, stride: int) -> torch.Tensor:
-    """The edge output: ``processed`` (the ops' weighted sum over the first ``C/K`` channels of ``x``) joined with
-    the other channels of ``x`` (max-pooled 2x2 on a stride-2 edge, sized as the strided ops), shuffled in ``K``."""
+def partial_bypass(x: torch.Tensor, partial_channels: int, stride: int) -> torch.Tensor:
+    """The channels of ``x`` that pass the ops by (all but the first ``C/K``), max-pooled 2x2 on a stride-2 edge
+    (rounding up, sized as the strided ops). The same for every edge that leaves one state: compute it once."""
     bypass = x[:, x.shape[1] // partial_channels:]
-    if stride != 1:
-        bypass = F.max_pool2d(bypass, 2, 2, ceil_mode=True)
+    return F.max_pool2d(bypass, 2, 2, ceil_mode=True) if stride != 1 else bypass
+
+
+def merge_partial(processed: torch.Tensor, bypass: torch.Tensor, partial_channels: int) -> torch.Tensor:
+    """The edge output: ``processed`` (the ops' weighted sum over the first ``C/K`` channels) joined with the
+    :func:`partial_bypass`, shuffled in ``K`` groups."""
     return channel_shuffle(torch.cat([processed, bypass], dim=1), partial_channels)
 
 

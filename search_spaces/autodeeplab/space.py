@@ -10,8 +10,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from nasplat import (Genotype, SearchSpace, cell_edge_weights, cell_edges, decode_cell, k_best, register_space,
-                     top_cells)
+from nasplat import (Genotype, SearchSpace, cell_edge_weights, cell_edges, check_pc_options, decode_cell, k_best,
+                     register_space, top_cells)
 
 from search_spaces.autodeeplab.cost import AutoDeepLabCostModel
 from search_spaces.autodeeplab.genotype import AutoDeepLabGenotype
@@ -19,7 +19,7 @@ from search_spaces.autodeeplab.network import AutoDeepLabNetwork
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (DEFAULT_BETA_NORM, STRIDES, check_beta_norm, sample_path, top_paths,
                                              viterbi_path)
-from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet, check_pc_options
+from search_spaces.autodeeplab.supernet import DEFAULT_BLOCKS, DEFAULT_LAYERS, AutoDeepLabSupernet
 
 
 def _blocks_from_edges(num_edges: int) -> int:
@@ -44,7 +44,8 @@ class AutoDeepLabSpace(SearchSpace):
 
     def min_image_size(self, F: int = 8, partial_channels: int = 1, edge_normalization: bool | None = None,
                        **options) -> int:
-        check_pc_options(F, partial_channels, edge_normalization)
+        check_pc_options(F, partial_channels, edge_normalization,
+                         f"F={F}: the cells at stride 4 have F channels per block")
         return max(STRIDES)
 
     def decode(self, arch: Mapping[str, torch.Tensor], beta_norm: str | None = None) -> AutoDeepLabGenotype:

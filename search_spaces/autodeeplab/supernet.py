@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from nasplat import (MixedCell, ReLUConvBN, Supernet, cell_edge_weights, cell_edges, check_partial_channels,
-                     checkpointed_call, resize_to)
+from nasplat import (MixedCell, ReLUConvBN, Supernet, cell_edge_weights, cell_edges, check_pc_options,
+                     checkpointed_call, resize_to, uses_edge_normalization)
 
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (
@@ -44,16 +44,6 @@ from search_spaces.autodeeplab.stem import Stem
 
 DEFAULT_BLOCKS = 5
 DEFAULT_LAYERS = 12
-
-
-def check_pc_options(F: int, partial_channels: object, edge_normalization: object) -> None:
-    """ValueError naming the PC-DARTS space option the supernet cannot take (K must divide every cell's channels)."""
-    if edge_normalization not in (None, True, False):
-        raise ValueError(f"space option edge_normalization must be true, false or null, got {edge_normalization!r}")
-    try:
-        check_partial_channels(F, partial_channels)
-    except ValueError as err:
-        raise ValueError(f"space option {err} (F={F}: the cells at stride 4 have F channels per block)") from None
 
 
 class SearchNode(nn.Module):
@@ -146,14 +136,15 @@ class AutoDeepLabSupernet(Supernet):
         super().__init__()
         if F < 1 or L < 1 or B < 1:
             raise ValueError(f"need F, L, B >= 1, got F={F}, L={L}, B={B}")
-        check_pc_options(F, partial_channels, edge_normalization)
+        check_pc_options(F, partial_channels, edge_normalization,
+                         f"F={F}: the cells at stride 4 have F channels per block")
         self.F, self.L, self.B = F, L, B
         self.beta_norm = check_beta_norm(beta_norm)
         self.checkpoint_cells = checkpoint_cells
         self.ops = AUTODEEPLAB_OPS
         self.add_arch_parameter("alpha", 1e-3 * torch.randn(len(cell_edges(B)), len(AUTODEEPLAB_OPS)))
         self.add_arch_parameter("beta", 1e-3 * torch.randn(L, NUM_LEVELS, 3))
-        if partial_channels > 1 if edge_normalization is None else edge_normalization:
+        if uses_edge_normalization(partial_channels, edge_normalization):
             self.add_edge_parameters("alpha", B)
         self.stem = Stem(stem_channels)
 
