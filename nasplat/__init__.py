@@ -23,7 +23,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "nasplat.spaces.cells": ("DiscreteCell", "MixedCell", "OpChoice", "cell_edges", "decode_cell", "resize_to"),
     "nasplat.spaces.checkpointing": ("checkpointed_call",),
     "nasplat.spaces.fused": ("GroupInput", "group_batch_norm", "register_group_forward", "stacked_conv"),
-    "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype"),
+    "nasplat.spaces.genotype": ("Genotype", "GenotypeError", "save_genotype", "validate_cell_pairs", "validate_concat"),
     "nasplat.spaces.partial": ("cell_edge_weights", "channel_shuffle", "check_partial_channels", "check_pc_options",
                                "edge_parameter_names", "node_edge_weights", "uses_edge_normalization"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
     from nasplat.spaces.cells import DiscreteCell, MixedCell, OpChoice, cell_edges, decode_cell, resize_to
     from nasplat.spaces.checkpointing import checkpointed_call
     from nasplat.spaces.fused import GroupInput, group_batch_norm, register_group_forward, stacked_conv
-    from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype
+    from nasplat.spaces.genotype import Genotype, GenotypeError, save_genotype, validate_cell_pairs, validate_concat
     from nasplat.spaces.partial import (cell_edge_weights, channel_shuffle, check_partial_channels, check_pc_options,
                                         edge_parameter_names, node_edge_weights, uses_edge_normalization)
     from nasplat.spaces.ops import (DARTS_OPS, DilConv, FactorizedReduce, Identity, MixedOp, PoolBN, ReLUConvBN, SepConv,

@@ -361,3 +361,16 @@ def test_equal_genotypes_have_equal_short_hash():
 def test_genotype_base_class_is_exported():
     assert issubclass(DartsGenotype, Genotype)
     assert nasplat.GenotypeError is GenotypeError
+
+
+def test_public_cell_validators_serve_a_users_space_with_its_own_words():
+    ops = ("skip_connect", "conv_1x1")
+    nasplat.validate_cell_pairs("cell", (("conv_1x1", 0), ("skip_connect", 1), ("conv_1x1", 2), ("conv_1x1", 0)), ops)
+    with pytest.raises(GenotypeError, match=r"cell\[2\].*0\.\.2 for block 1"):
+        nasplat.validate_cell_pairs("cell", (("conv_1x1", 0), ("conv_1x1", 1), ("conv_1x1", 3), ("conv_1x1", 0)),
+                                    ops, node_word="block")
+    with pytest.raises(GenotypeError, match=r"'cell'.*expected 6 \[op, input\] pairs"):
+        nasplat.validate_cell_pairs("cell", (("conv_1x1", 0), ("conv_1x1", 1)), ops, nodes=3)
+    nasplat.validate_concat("concat", (3, 2), nodes=2)
+    with pytest.raises(GenotypeError, match=r"'concat'.*distinct block indices from \[2, 3\]"):
+        nasplat.validate_concat("concat", (2, 4), nodes=2, node_word="block")

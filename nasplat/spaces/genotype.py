@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 
 class GenotypeError(ValueError):
@@ -82,6 +82,39 @@ class Genotype:
         """A stable 12-hex-digit fingerprint, handy for comparing runs."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def validate_cell_pairs(field: str, pairs: object, ops: Iterable[str], nodes: int | None = None,
+                        node_word: str = "node") -> None:
+    """Check a cell in the DARTS notation: pairs ``2k`` and ``2k+1`` are ``(op, input)`` feeding node ``k``.
+
+    ``ops``: the op names a discrete cell may use; ``input`` is 0 or 1 (the cell inputs) or ``2..k+1`` (an earlier
+    node). ``nodes``: the number of nodes the cell must have (any positive number when None); ``node_word`` names a
+    node in the messages ("node", "block"). Raises :class:`GenotypeError` naming ``field[index]``.
+    """
+    allowed_ops = list(ops)
+    if nodes is not None and (not isinstance(pairs, tuple) or len(pairs) != 2 * nodes):
+        raise GenotypeError(field, f"expected {2 * nodes} [op, input] pairs, got {pairs!r}")
+    if not isinstance(pairs, tuple) or not pairs or len(pairs) % 2:
+        raise GenotypeError(field, f"expected a non-empty, even number of [op, input] pairs, got {pairs!r}")
+    for index, pair in enumerate(pairs):
+        where = f"{field}[{index}]"
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise GenotypeError(where, f"expected [op, input], got {pair!r}")
+        op, source = pair
+        if op not in allowed_ops:
+            raise GenotypeError(where, f"op {op!r} is not one of {allowed_ops}")
+        node = index // 2
+        if type(source) is not int or not 0 <= source <= node + 1:
+            raise GenotypeError(where, f"input {source!r} must be an integer in 0..{node + 1} for {node_word} {node}")
+
+
+def validate_concat(field: str, concat: object, nodes: int, node_word: str = "node") -> None:
+    """Check a cell's ``concat``: distinct indices of its nodes (``2..nodes+1``); raises :class:`GenotypeError`."""
+    valid = range(2, 2 + nodes)
+    distinct = isinstance(concat, tuple) and bool(concat) and len(set(concat)) == len(concat)
+    if not distinct or any(type(i) is not int or i not in valid for i in concat):
+        raise GenotypeError(field, f"expected distinct {node_word} indices from {list(valid)}, got {concat!r}")
 
 
 def save_genotype(genotype: Genotype, path: str | Path) -> Path:

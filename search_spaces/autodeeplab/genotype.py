@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from nasplat import Genotype, GenotypeError
+from nasplat import Genotype, GenotypeError, validate_cell_pairs, validate_concat
 
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import BETA_NORMS, DEFAULT_BETA_NORM, STRIDES, path_levels
@@ -37,28 +37,8 @@ class AutoDeepLabGenotype(Genotype):
         return tuple(path_levels(self.path))
 
     def validate(self) -> None:
-        allowed_ops = [op for op in AUTODEEPLAB_OPS if op != "none"]
-        if not isinstance(self.cell, tuple) or not self.cell or len(self.cell) % 2:
-            raise GenotypeError("cell", f"expected a non-empty, even number of [op, input] pairs, got {self.cell!r}")
-        for index, pair in enumerate(self.cell):
-            where = f"cell[{index}]"
-            if not isinstance(pair, tuple) or len(pair) != 2:
-                raise GenotypeError(where, f"expected [op, input], got {pair!r}")
-            op, source = pair
-            if op not in allowed_ops:
-                raise GenotypeError(where, f"op {op!r} is not one of {allowed_ops}")
-            block = index // 2
-            if type(source) is not int or not 0 <= source <= block + 1:
-                raise GenotypeError(where, f"input {source!r} must be an integer in 0..{block + 1} for block {block}")
-        valid = range(2, 2 + self.blocks)
-        concat = self.cell_concat
-        if (
-            not isinstance(concat, tuple)
-            or not concat
-            or len(set(concat)) != len(concat)
-            or any(type(i) is not int or i not in valid for i in concat)
-        ):
-            raise GenotypeError("cell_concat", f"expected distinct block indices from {list(valid)}, got {concat!r}")
+        validate_cell_pairs("cell", self.cell, (op for op in AUTODEEPLAB_OPS if op != "none"), node_word="block")
+        validate_concat("cell_concat", self.cell_concat, self.blocks, node_word="block")
         if not isinstance(self.path, tuple) or not self.path:
             raise GenotypeError("path", f"expected a non-empty list of output strides, got {self.path!r}")
         for index, stride in enumerate(self.path):
