@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from nasplat import CostModel, OpShape, cell_op_shapes, choice_shapes, cost_matrix, expected_cell_cost, lookup
+from nasplat import (CostModel, OpShape, cell_edge_weights, cell_op_shapes, choice_shapes, cost_matrix,
+                     expected_cell_cost, lookup)
 
 CellLayout = tuple[int, tuple[int, int], bool]
 """(channels, input size, reduction) of one cell."""
@@ -62,7 +63,8 @@ class DartsCostModel(CostModel):
     def expected(self, arch: Mapping[str, torch.Tensor], costs: Mapping[OpShape, float]) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float64, device=arch["normal"].device)
         for name, matrix in self._cost_matrices(costs, total.device).items():
-            total = total + expected_cell_cost(arch[name], matrix, self.ops, self.num_nodes)
+            total = total + expected_cell_cost(arch[name], matrix, self.ops, self.num_nodes,
+                                               edge_weights=cell_edge_weights(arch, name, self.num_nodes))
         return total
 
     def genotype_cost(self, genotype: Any, costs: Mapping[OpShape, float]) -> float:

@@ -261,3 +261,34 @@ def test_darts_expected_cost_at_uniform_alpha_is_the_hand_sum_over_every_cell():
                for name in ("normal", "reduce")}
     assert len(model.cells) == 4 and sum(red for _, _, red in model.cells) == 2
     assert float(model.expected(uniform, costs)) == pytest.approx(hand, rel=1e-12)
+
+
+def test_edge_weights_set_each_edges_keep_chance_and_take_the_cost_gradient():
+    """With PC-DARTS's edge normalisation a node keeps the inputs its edge weights favour: an edge's keep chance is
+    min(1, 2 w_e), all of a node's inputs when it has only 2; uniform edge weights give the uniform 2 / fan-in."""
+    # edges: node 0 <- 0, 1; node 1 <- 0, 1, 2
+    weights = torch.tensor([0.3, 0.7, 0.6, 0.3, 0.1], dtype=torch.float64)
+    assert keep_weights(2, edge_weights=weights).tolist() == pytest.approx([1.0, 1.0, 1.0, 0.6, 0.2])
+    assert keep_weights(2, edge_weights=torch.tensor([0.5, 0.5, 1 / 3, 1 / 3, 1 / 3])).tolist() == pytest.approx(
+        keep_weights(2).tolist())
+    with pytest.raises(ValueError, match=r"edge_weights \(4,\) must be \[5\]"):
+        keep_weights(2, edge_weights=torch.ones(4))
+    ops, alpha = ("none", "a", "b"), torch.zeros(5, 3, dtype=torch.float64)
+    costs = torch.ones(5, 3, dtype=torch.float64)
+    costs[4] = 10.0  # node 1's input from node 0 is dear
+    to_dear = torch.tensor([0.5, 0.5, 0.1, 0.1, 0.8], dtype=torch.float64)
+    to_cheap = torch.tensor([0.5, 0.5, 0.8, 0.1, 0.1], dtype=torch.float64)
+    dear, cheap = (float(expected_cell_cost(alpha, costs, ops, 2, edge_weights=w)) for w in (to_dear, to_cheap))
+    assert dear == pytest.approx(1 + 1 + 0.2 + 0.2 + 10 * 1.0) and cheap == pytest.approx(1 + 1 + 1 + 0.2 + 10 * 0.2)
+
+    space = nasplat.get_space("darts")
+    model = space.cost_model(16, C=4, layers=3, reductions=1)
+    table = {shape: float(index + 1) for index, shape in enumerate(model.op_shapes())}
+    arch = {name: torch.randn(14, len(space.ops), dtype=torch.float64) for name in ("normal", "reduce")}
+    without = float(model.expected(arch, table))
+    edges = {f"{cell}_edges{node}": torch.zeros(2 + node, dtype=torch.float64, requires_grad=True)
+             for cell in ("normal", "reduce") for node in range(4)}
+    uniform = model.expected({**arch, **edges}, table)
+    assert float(uniform) == pytest.approx(without, rel=1e-12)
+    uniform.backward()
+    assert float(edges["normal_edges3"].grad.abs().max()) > 0  # the edge weights take the cost gradient

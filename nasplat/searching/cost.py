@@ -124,26 +124,39 @@ def cost_matrix(grids: Sequence[Sequence[Sequence[OpShape | None]]], costs: Cost
                           for o in range(columns)] for e in range(rows)], dtype=torch.float64)
 
 
-def keep_weights(num_nodes: int, num_inputs: int = 2, keep: int = 2) -> torch.Tensor:
-    """Per edge, the chance that the decoded cell keeps it when a node keeps ``keep`` of its inputs uniformly:
-    ``keep / (num_inputs + node)``."""
-    return torch.tensor([min(1.0, keep / (num_inputs + node)) for node, _ in cell_edges(num_nodes, num_inputs)],
-                        dtype=torch.float64)
+def keep_weights(num_nodes: int, num_inputs: int = 2, keep: int = 2,
+                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per edge, the chance that the decoded cell keeps it when each node keeps ``keep`` of its inputs.
+
+    Without ``edge_weights`` a node picks its inputs uniformly: ``keep / (num_inputs + node)``. With PC-DARTS's
+    normalised edge weights (``[edges]``, summing to 1 per node; :func:`nasplat.cell_edge_weights`) the decode
+    ranks a node's inputs by them, relaxed as ``min(1, keep * w_e)`` (differentiable in ``w``; a node with at most
+    ``keep`` inputs keeps them all)."""
+    edges = cell_edges(num_nodes, num_inputs)
+    uniform = torch.tensor([min(1.0, keep / (num_inputs + node)) for node, _ in edges], dtype=torch.float64)
+    if edge_weights is None:
+        return uniform
+    if tuple(edge_weights.shape) != (len(edges),):
+        raise ValueError(f"edge_weights {tuple(edge_weights.shape)} must be [{len(edges)}], one per edge")
+    weighted = (keep * edge_weights.double()).clamp(max=1.0)
+    return torch.where(uniform.to(weighted.device) >= 1.0, torch.ones_like(weighted), weighted)
 
 
 def expected_cell_cost(alpha: torch.Tensor, costs: torch.Tensor, ops: Sequence[str], num_nodes: int,
-                       num_inputs: int = 2, keep: int = 2, excluded: Sequence[str] = ("none",)) -> torch.Tensor:
+                       num_inputs: int = 2, keep: int = 2, excluded: Sequence[str] = ("none",),
+                       edge_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The expected cost of the cell a DARTS-rule decode (:func:`nasplat.decode_cell`) would give, relaxed.
 
     ``sum_e keep_e * sum_o q_eo * costs_eo``: ``q`` is the softmax of each alpha row over the ops not ``excluded``
     (a decoded cell never holds them, so they carry no cost and take no cost gradient) and ``keep_e`` is the chance
-    a node keeps the edge when it picks ``keep`` of its inputs uniformly (:func:`keep_weights`). So a one-hot row
-    costs that op's cost, uniform alpha costs the mean over genotypes drawn uniformly, and by linearity the value is
-    the expected cost of a cell whose kept inputs are uniform and whose ops are drawn from ``q``.
+    a node keeps the edge (:func:`keep_weights`: uniform over its inputs, or from PC-DARTS's ``edge_weights``, which
+    then take the cost gradient too). So a one-hot row costs that op's cost, uniform alpha costs the mean over
+    genotypes drawn uniformly, and by linearity the value is the expected cost of a cell whose kept inputs are
+    drawn by ``keep_e`` and whose ops are drawn from ``q``.
     """
     allowed = [k for k, name in enumerate(ops) if name not in excluded]
     if tuple(alpha.shape) != tuple(costs.shape) or alpha.shape[-1] != len(ops):
         raise ValueError(f"alpha {tuple(alpha.shape)} and costs {tuple(costs.shape)} must both be [edges, {len(ops)}]")
     q = torch.softmax(alpha[:, allowed].double(), dim=-1)
-    weights = keep_weights(num_nodes, num_inputs, keep).to(q.device)
+    weights = keep_weights(num_nodes, num_inputs, keep, edge_weights).to(q.device)
     return (weights[:, None] * q * costs[:, allowed].to(q.device)).sum()

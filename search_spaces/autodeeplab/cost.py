@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from nasplat import CostModel, OpShape, cell_op_shapes, choice_shapes, cost_matrix, expected_cell_cost, lookup
+from nasplat import (CostModel, OpShape, cell_edge_weights, cell_op_shapes, choice_shapes, cost_matrix,
+                     expected_cell_cost, lookup)
 
 from search_spaces.autodeeplab.paths import NUM_LEVELS, level_sizes, normalized_beta
 
@@ -62,7 +63,8 @@ class AutoDeepLabCostModel(CostModel):
 
     def expected(self, arch: Mapping[str, torch.Tensor], costs: Mapping[OpShape, float]) -> torch.Tensor:
         alpha, beta = arch["alpha"], arch["beta"]
-        cell = {move: expected_cell_cost(alpha, matrix, self.ops, self.B)
+        edge_weights = cell_edge_weights(arch, "alpha", self.B)
+        cell = {move: expected_cell_cost(alpha, matrix, self.ops, self.B, edge_weights=edge_weights)
                 for move, matrix in self._cost_matrices(costs, alpha.device).items()}
         moves = normalized_beta(beta.double(), "paper")  # [L, 4, 3]: k = 0 finer, 1 same, 2 coarser
         reach = [torch.ones((), dtype=torch.float64, device=beta.device)] + [None] * (NUM_LEVELS - 1)  # the stem
