@@ -28,7 +28,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
                                "edge_parameter_names", "node_edge_weights", "uses_edge_normalization"),
     "nasplat.spaces.registry": ("UnknownSpaceError", "available_spaces", "genotype_from_dict", "get_space",
                                 "load_genotype", "register_space"),
-    "nasplat.spaces.space": ("SearchSpace", "Supernet"),
+    "nasplat.spaces.space": ("DecisionCell", "SearchSpace", "Supernet"),
     "nasplat.spaces.ops": ("DARTS_OPS", "DilConv", "FactorizedReduce", "Identity", "MixedOp", "PoolBN", "ReLUConvBN",
                            "SepConv", "UnknownOpError", "Zero", "build_op", "get_op", "register_op", "registered_ops"),
     "nasplat.training.metrics": ("IGNORE_INDEX", "ConfusionMatrix"),
@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # the same names for type checkers and IDEs (and the layering
                                     UnknownOpError, Zero, build_op, get_op, register_op, registered_ops)
     from nasplat.spaces.registry import (UnknownSpaceError, available_spaces, genotype_from_dict, get_space,
                                          load_genotype, register_space)
-    from nasplat.spaces.space import SearchSpace, Supernet
+    from nasplat.spaces.space import DecisionCell, SearchSpace, Supernet
     from nasplat.training.metrics import IGNORE_INDEX, ConfusionMatrix
     from nasplat.training.result import ExperimentResult
     from nasplat.viz import render_arch_figures, render_cell, save_figure

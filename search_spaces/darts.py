@@ -15,6 +15,7 @@ from torch import nn
 
 from nasplat import (
     DARTS_OPS,
+    DecisionCell,
     DiscreteCell,
     FactorizedReduce,
     Genotype,
@@ -157,6 +158,10 @@ class DartsSupernet(Supernet):
 
     def decode_options(self) -> dict[str, object]:
         return {"max_skip_normal": self.max_skip_normal}
+
+    def decision_cells(self) -> dict[str, DecisionCell]:
+        return {"normal": DecisionCell(NUM_NODES, DARTS_OPS, limits={"skip_connect": self.max_skip_normal}),
+                "reduce": DecisionCell(NUM_NODES, DARTS_OPS)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {cell: (torch.softmax(self.arch[cell], dim=-1), cell_edge_weights(self.arch, cell, NUM_NODES))

@@ -202,6 +202,8 @@ BAD = {
     ("--remedy", "sdarts", "--remedy-option", "epsilon_min=0.5"): ["epsilon_min (0.5)", "epsilon_max (0.3)"],
     ("--remedy", "skip_dropout", "--remedy-option", "skip_dropout_rate=1"): ["skip_dropout_rate", "[0, 1)", "1"],
     ("--remedy", "entropy", "--remedy-option", "aux_skip_weight=2"): ["'aux_skip_weight'", "'darts_minus'"],
+    ("--remedy", "sgas", "--remedy-option", "sgas_start=0.6", "--remedy-option", "sgas_post=0.5"): [
+        "sgas_start (0.6) + sgas_post (0.5)", "sum < 1"],
 }
 
 
@@ -365,7 +367,9 @@ def test_a_search_says_once_that_a_supernet_remedy_has_nothing_to_act_on(capsys)
     from nasplat.searching.loop import SupernetSearch
 
     SupernetSearch(SearchConfig(space="test_plain_conv", image_size=16, train_samples=8, val_samples=4, batch_size=2,
-                                workers=1, epochs=2, remedy=["skip_dropout", "entropy"]))
+                                workers=1, epochs=2, remedy=["skip_dropout", "entropy", "sgas"]))
     printed = capsys.readouterr().out.splitlines()
     assert printed.count("[nasplat] warning: remedy 'skip_dropout' does nothing here: _Plain has no stride-1 "
                          "'skip_connect' candidates in nasplat.MixedOp edges") == 1, printed
+    assert printed.count("[nasplat] warning: remedy 'sgas' does nothing here: _Plain has no cells to decide "
+                         "(Supernet.decision_cells)") == 1, printed

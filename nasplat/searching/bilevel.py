@@ -82,6 +82,8 @@ class BilevelOptimizer:
             param.grad = grad
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
+        if self.remedies is not None:
+            self.remedies.after_arch_step()
         return val_loss
 
     def penalty(self) -> torch.Tensor | None:

@@ -49,11 +49,12 @@ class SearchConfig(ExperimentConfig):
     remedy: list = option(["skip_dropout", "entropy"], "collapse remedies (docs/collapse.md): sdarts (SDARTS-RS "
                           "noise on the architecture in the weight step), beta_decay (beta-DARTS regulariser), "
                           "entropy (annealed entropy penalty: the search ends decided), darts_minus (DARTS- "
-                          "auxiliary skip), skip_dropout (P-DARTS dropout on skip connections), or none",
+                          "auxiliary skip), skip_dropout (P-DARTS dropout on skip connections), sgas (SGAS: the "
+                          "cells decided edge by edge over the search), or none",
                           choices=REMEDY_CHOICES)
     remedy_options: dict = option({}, "remedy settings as KEY=VALUE, repeatable (sdarts: epsilon_min, epsilon_max; "
                                   "beta_decay: beta_weight; entropy: entropy_weight, entropy_start; darts_minus: "
-                                  "aux_skip_weight; skip_dropout: skip_dropout_rate)")
+                                  "aux_skip_weight; skip_dropout: skip_dropout_rate; sgas: sgas_start, sgas_post)")
     hessian_batches: int = option(2, "split-B batches per worker used for the Hessian eigenvalue (the same ones "
                                   "every time)")
     hessian_iterations: int = option(20, "power-iteration steps for the Hessian eigenvalue")

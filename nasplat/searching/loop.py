@@ -192,6 +192,9 @@ class SupernetSearch:
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
         if remedies is not None:
             result.update(remedies.schedule())
+            for line in remedies.end_epoch(self.config.warmup_epochs):
+                if rank() == 0:
+                    print(f"[nasplat] {line}", flush=True)
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
             result["arch_lr"] = arch_lr
@@ -274,6 +277,7 @@ class SupernetSearch:
             "arch_scheduler": self.arch_scheduler.state_dict(),
             "epoch": self.epoch,
             "torch_rng": torch.get_rng_state(),
+            "remedies": self.bilevel.remedies.state_dict() if self.bilevel.remedies is not None else {},
         }
 
     def _load_core(self, state: dict[str, Any]) -> None:
@@ -287,6 +291,8 @@ class SupernetSearch:
             self.arch_scheduler = torch.optim.lr_scheduler.LambdaLR(self.arch_optimizer, lambda epoch: 1.0)
         self.epoch = int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
+        if self.bilevel.remedies is not None:  # the decisions of sgas (absent in older checkpoints)
+            self.bilevel.remedies.load_state_dict(state.get("remedies", {}))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed search needs, including the early-stop record and ADA snapshots."""

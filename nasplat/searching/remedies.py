@@ -34,6 +34,11 @@ the public building blocks a supernet is made of, never on a space's internals, 
   than it looks to the architecture; ``p`` decays linearly from ``skip_dropout_rate`` at the first epoch to 0 at
   the last (the authors' code: ``p0 * (epochs - epoch - 1) / epochs``; their CIFAR-10 rates per stage 0.1, 0.4, 0.7).
 
+- **the cells' decisions**: ``sgas`` (SGAS, Li et al. 2020, arXiv 1912.00195): from ``sgas_start`` of the search
+  on, each cell decides its edges one by one at the ends of epochs and keeps each decision, so the search ends
+  decided (:mod:`nasplat.searching.greedy`); it acts on the cells the supernet declares
+  (:meth:`nasplat.Supernet.decision_cells`) and does nothing in a space that declares none.
+
 Every tensor counts each of its rows (all but the last dimension) once; rows of one choice are skipped.
 """
 from __future__ import annotations
@@ -42,10 +47,11 @@ import contextlib
 from typing import Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 
+from nasplat.searching.greedy import SequentialDecisions
 from nasplat.searching.remedy_options import resolve_remedies
 from nasplat.spaces.ops import Identity, MixedOp
+from nasplat.spaces.space import Supernet
 
 
 def _rows(arch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -75,20 +81,28 @@ class Remedies:
         self.options = {name: dict(values) for name, values in options.items()}
         self.edges: list[MixedOp] = []
         self.skips: list[Identity] = []
+        self.decisions: SequentialDecisions | None = None
         self.set_epoch(0, 1)
 
-    def attach(self, supernet: nn.Module) -> list[str]:
+    def attach(self, supernet: Supernet) -> list[str]:
         """Give the remedies that act on the supernet (``darts_minus``, ``skip_dropout``) its stride-1
-        :class:`nasplat.MixedOp` edges (and their ``skip_connect`` candidates). Returns a line for each chosen
+        :class:`nasplat.MixedOp` edges (and their ``skip_connect`` candidates), and ``sgas`` its decision cells
+        and arch parameters. Returns a line for each chosen
         one that finds nothing to act on in ``supernet`` (it then does nothing; the search prints the line)."""
         edges = [m for m in supernet.modules() if isinstance(m, MixedOp) and m.stride == 1]
         skips = [op for edge in edges for name, op in zip(edge.ops, edge.candidates)
                  if name == "skip_connect" and isinstance(op, Identity)]
         self.edges = edges if "darts_minus" in self.options else []
         self.skips = skips if "skip_dropout" in self.options else []
+        cells = supernet.decision_cells() if "sgas" in self.options else {}
+        if cells:
+            sgas = self.options["sgas"]
+            self.decisions = SequentialDecisions(cells, supernet.arch_parameters(), sgas["sgas_start"],
+                                                 sgas["sgas_post"])
         self._apply_to_supernet()
         idle = [("darts_minus", edges, "stride-1 nasplat.MixedOp edges"),
-                ("skip_dropout", skips, "stride-1 'skip_connect' candidates in nasplat.MixedOp edges")]
+                ("skip_dropout", skips, "stride-1 'skip_connect' candidates in nasplat.MixedOp edges"),
+                ("sgas", cells, "cells to decide (Supernet.decision_cells)")]
         return [f"remedy {remedy!r} does nothing here: {type(supernet).__name__} has no {what}"
                 for remedy, found, what in idle if remedy in self.options and not found]
 
@@ -104,6 +118,26 @@ class Remedies:
             edge.auxiliary_skip = beta
         for skip in self.skips:
             skip.dropout = rate
+
+    def end_epoch(self, warmup_epochs: int = 0) -> list[str]:
+        """After the epoch set by :meth:`set_epoch` was trained: the cells' decisions due now (``sgas``), one line
+        each."""
+        if self.decisions is None:
+            return []
+        return self.decisions.end_epoch(self.epoch + 1, self.epochs, warmup_epochs)
+
+    def after_arch_step(self) -> None:
+        """Re-fix the decided edges after the architecture optimiser (or a roll-back) moved them."""
+        if self.decisions is not None:
+            self.decisions.impose()
+
+    def state_dict(self) -> dict[str, object]:
+        """What a checkpoint must keep: the decisions made so far (the schedules follow from the epoch)."""
+        return {"sgas": self.decisions.state_dict()} if self.decisions is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        if self.decisions is not None:
+            self.decisions.load_state_dict(state.get("sgas", {}))
 
     @contextlib.contextmanager
     def without_dropout(self) -> Iterator[None]:

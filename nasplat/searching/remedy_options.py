@@ -17,10 +17,11 @@ REMEDY_OPTIONS: dict[str, dict[str, float]] = {
     "entropy": {"entropy_weight": 2.0, "entropy_start": 0.0},
     "darts_minus": {"aux_skip_weight": 1.0},
     "skip_dropout": {"skip_dropout_rate": 0.7},
+    "sgas": {"sgas_start": 0.2, "sgas_post": 0.1},
 }
 """Remedy name -> its options and their defaults (what each means: :mod:`nasplat.searching.remedies`)."""
 REMEDY_CHOICES = (NO_REMEDY, *REMEDY_OPTIONS)
-FRACTIONS = ("entropy_start", "skip_dropout_rate")
+FRACTIONS = ("entropy_start", "skip_dropout_rate", "sgas_start", "sgas_post")
 """Options that are a fraction of the search (0 <= x < 1)."""
 
 
@@ -51,4 +52,8 @@ def resolve_remedies(names: Sequence[str], options: Mapping[str, Any]) -> dict[s
     if sdarts and sdarts["epsilon_min"] > sdarts["epsilon_max"]:
         raise ConfigError(f"config field 'remedy_options': epsilon_min ({sdarts['epsilon_min']:g}) must not exceed "
                           f"epsilon_max ({sdarts['epsilon_max']:g})")
+    sgas = chosen.get("sgas")
+    if sgas and sgas["sgas_start"] + sgas["sgas_post"] >= 1:
+        raise ConfigError(f"config field 'remedy_options': sgas_start ({sgas['sgas_start']:g}) + sgas_post "
+                          f"({sgas['sgas_post']:g}) must leave part of the search for the decisions (sum < 1)")
     return chosen

@@ -4,6 +4,7 @@ Spaces are registered and looked up in :mod:`nasplat.spaces.registry`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -21,6 +22,20 @@ if TYPE_CHECKING:
     from nasplat.searching.cost import CostModel
 
 ARCH_PREFIX = "arch."
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionCell:
+    """An arch parameter whose rows are the edges of a cell in the DARTS notation (``[edges, len(ops)]``, rows in
+    :func:`nasplat.cell_edges` order): ``num_nodes`` nodes, each keeping ``keep`` of its inputs, ``limits`` (op name
+    -> most edges with it, None for no limit) as the space's decode applies them. Search methods that decide cells
+    edge by edge (the ``sgas`` remedy) act on these."""
+
+    num_nodes: int
+    ops: tuple[str, ...]
+    num_inputs: int = 2
+    keep: int = 2
+    limits: Mapping[str, int | None] = dataclasses.field(default_factory=dict)
 
 
 class Supernet(nn.Module):
@@ -52,6 +67,11 @@ class Supernet(nn.Module):
 
     def decode_options(self) -> dict[str, object]:
         """Keyword options this supernet's space needs to decode its arch parameters (default none)."""
+        return {}
+
+    def decision_cells(self) -> dict[str, DecisionCell]:
+        """Arch parameter name -> the cell it describes, for the parameters that are DARTS-notation cells (default
+        none: edge-by-edge decisions, such as the ``sgas`` remedy, then do nothing)."""
         return {}
 
     def arch_distributions(self) -> dict[str, torch.Tensor]:

@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from nasplat import (MixedCell, ReLUConvBN, Supernet, cell_edge_weights, cell_edges, check_pc_options,
-                     checkpointed_call, resize_to, uses_edge_normalization)
+from nasplat import (DecisionCell, MixedCell, ReLUConvBN, Supernet, cell_edge_weights, cell_edges,
+                     check_pc_options, checkpointed_call, resize_to, uses_edge_normalization)
 
 from search_spaces.autodeeplab.ops import AUTODEEPLAB_OPS
 from search_spaces.autodeeplab.paths import (
@@ -177,6 +177,9 @@ class AutoDeepLabSupernet(Supernet):
 
     def decode_options(self) -> dict[str, object]:
         return {"beta_norm": self.beta_norm}
+
+    def decision_cells(self) -> dict[str, DecisionCell]:
+        return {"alpha": DecisionCell(self.B, self.ops)}
 
     def arch_distributions(self) -> dict[str, torch.Tensor]:
         """Softmax over alpha's ops; beta as normalised (moves that do not exist are 0)."""
