@@ -102,3 +102,17 @@ def test_a_search_ends_with_its_decided_cells_and_a_resume_keeps_them(tmp_path, 
     assert resumed.bilevel.remedies.decisions.state_dict() == decisions.state_dict()
     resumed.train_epoch()
     assert resumed.genotype() == genotypes[-1]
+
+
+def test_auto_deeplab_decides_its_cell_and_decodes_it_back():
+    space = nasplat.get_space("autodeeplab")
+    supernet = space.supernet(num_classes=3, F=2, L=2, B=3)
+    with torch.no_grad():
+        supernet.arch["alpha"].normal_()
+    decisions = SequentialDecisions(supernet.decision_cells(), supernet.arch_parameters(), 0.2, 0.1)
+    for epoch in range(1, 11):
+        decisions.end_epoch(epoch, 10)
+    cell = decisions.cells["alpha"]
+    assert cell.remaining == 0 and len(cell.decided) == 6 and len(cell.pruned) == 9 - 6
+    genotype = space.decode(supernet.arch_parameters(), **supernet.decode_options())
+    assert sorted(genotype.cell) == sorted((space.ops[op], cell.edges[e][1]) for e, op in cell.decided.items())
