@@ -61,8 +61,11 @@ def test_decisions_are_spread_over_the_search_and_done_before_its_last_epoch():
     assert decision_epochs(2, 0.2, 0.1) == [1]
     supernet = nasplat.get_space("darts").supernet(num_classes=3, C=4, layers=3, reductions=1, max_skip_normal=2)
     decisions = SequentialDecisions(supernet.decision_cells(), supernet.arch_parameters(), 0.2, 0.1)
-    made = [len(decisions.end_epoch(epoch, 10)) for epoch in range(1, 11)]
-    assert made == [0, 2, 2, 2, 2, 2, 2, 2, 2, 0]  # one per cell (normal, reduce) at each decision epoch
+    lines = [decisions.end_epoch(epoch, 10) for epoch in range(1, 11)]
+    assert lines[0] is None and lines[-1] is None
+    assert [line.count(" node ") for line in lines[1:-1]] == [2] * 8  # one per cell at each decision epoch
+    assert lines[1].startswith("sgas decided normal node ") and lines[1].endswith("(edges decided: normal 1/8, "
+                                                                                  "reduce 1/8)")
     for name in ("normal", "reduce"):
         cell = decisions.cells[name]
         nodes = [node for node, _ in cell.edges]
@@ -82,8 +85,10 @@ def test_a_search_ends_with_its_decided_cells_and_a_resume_keeps_them(tmp_path, 
     for _ in range(3):  # decisions at the ends of epochs 1, 2, 3 (3 + 3 + 2 per cell)
         search.train_epoch()
         genotypes.append(search.genotype())
-    lines = [line for line in capsys.readouterr().out.splitlines() if "sgas:" in line]
-    assert len(lines) == 16 and lines[0].startswith("[nasplat] sgas: normal node ")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "sgas decided" in line]
+    assert [line.split(":")[0] for line in lines] == [f"[nasplat] epoch {k}" for k in (1, 2, 3)]
+    assert [line.count(" node ") for line in lines] == [6, 6, 4]
+    assert lines[-1].endswith("(edges decided: normal 8/8, reduce 8/8)")
     search.save(tmp_path)
     search.train_epoch()  # the last epoch trains the decided network; the arch steps cannot move it
     genotypes.append(search.genotype())

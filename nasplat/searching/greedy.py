@@ -116,21 +116,22 @@ class SequentialDecisions:
         self.cells = {name: CellDecisions(cell) for name, cell in cells.items()}
         self.start, self.post = start, post
 
-    def end_epoch(self, epoch: int, epochs: int, warmup_epochs: int = 0) -> list[str]:
-        """After the 1-based ``epoch`` of ``epochs``: make its share of the decisions; one line per decision."""
+    def end_epoch(self, epoch: int, epochs: int, warmup_epochs: int = 0) -> str | None:
+        """After the 1-based ``epoch`` of ``epochs``: make its share of the decisions; a line that says them (None
+        when none were due)."""
         schedule = decision_epochs(epochs, self.start, self.post, warmup_epochs)
         if epoch not in schedule:
-            return []
+            return None
         points_left = len(schedule) - schedule.index(epoch)
-        lines = []
+        made, totals = [], []
         for name, decisions in self.cells.items():
             for _ in range(math.ceil(decisions.remaining / points_left)):
                 edge, op = decisions.decide_one(self.arch[name])
                 node, source = decisions.edges[edge]
-                lines.append(f"sgas: {name} node {node} <- state {source}: {decisions.cell.ops[op]} "
-                             f"({len(decisions.decided)} decided, {len(decisions.pruned)} pruned)")
+                made.append(f"{name} node {node} <- {source}: {decisions.cell.ops[op]}")
             decisions.impose(self.arch[name])
-        return lines
+            totals.append(f"{name} {len(decisions.decided)}/{len(decisions.decided) + decisions.remaining}")
+        return f"sgas decided {', '.join(made) or 'nothing'} (edges decided: {', '.join(totals)})"
 
     def impose(self) -> None:
         """Re-fix every decided and pruned row (after an architecture step, a roll-back or a resume)."""

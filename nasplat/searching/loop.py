@@ -192,9 +192,9 @@ class SupernetSearch:
                   "samples_per_s": samples * world_size() / elapsed if elapsed > 0 else math.nan}
         if remedies is not None:
             result.update(remedies.schedule())
-            for line in remedies.end_epoch(self.config.warmup_epochs):
-                if rank() == 0:
-                    print(f"[nasplat] {line}", flush=True)
+            decided = remedies.end_epoch(self.config.warmup_epochs)
+            if decided is not None and rank() == 0:
+                print(f"[nasplat] epoch {self.epoch + 1}: {decided}", flush=True)
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
             result["arch_lr"] = arch_lr

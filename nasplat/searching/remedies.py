@@ -119,11 +119,11 @@ class Remedies:
         for skip in self.skips:
             skip.dropout = rate
 
-    def end_epoch(self, warmup_epochs: int = 0) -> list[str]:
-        """After the epoch set by :meth:`set_epoch` was trained: the cells' decisions due now (``sgas``), one line
-        each."""
+    def end_epoch(self, warmup_epochs: int = 0) -> str | None:
+        """After the epoch set by :meth:`set_epoch` was trained: the cells' decisions due now (``sgas``) and a line
+        that says them (None when there were none)."""
         if self.decisions is None:
-            return []
+            return None
         return self.decisions.end_epoch(self.epoch + 1, self.epochs, warmup_epochs)
 
     def after_arch_step(self) -> None:
