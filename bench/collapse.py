@@ -38,6 +38,8 @@ from nasplat.searching.config import SearchConfig  # noqa: E402
 from nasplat.searching.loop import SupernetSearch  # noqa: E402
 from nasplat.spaces.registry import get_space  # noqa: E402
 
+from bench.worker_lifetime import die_with_parent  # noqa: E402
+
 WORKERS = 2
 CANDIDATES: dict[str, dict] = {
     "former_default": {"remedy": ["none"], "arch_lr": 3e-3},
@@ -95,6 +97,7 @@ def _op_entropy(search: SupernetSearch) -> float:
 
 
 def _worker(rank: int, config: dict, port: int, out: str) -> None:
+    die_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # as a Ray Train worker on one CPU
     dist.init_process_group("gloo", rank=rank, world_size=WORKERS)

@@ -48,6 +48,8 @@ from nasplat.spaces.registry import get_space, load_genotype  # noqa: E402
 from nasplat.training.config import ConfigError  # noqa: E402
 from pipelines.baselines import MODELS  # noqa: E402
 
+from bench.worker_lifetime import die_with_parent  # noqa: E402
+
 BASELINES = ("duc_hdc", "deeplabv3plus_resnet101", "icnet")
 """The three hand-designed networks of the product brief (``nasplat baselines --models`` names)."""
 FLAT_TOLERANCE = 0.01
@@ -192,7 +194,8 @@ def retrain_all(rows: list[Candidate], args: argparse.Namespace, cache: Cache) -
     _log(f"{len(rows)} networks x {args.seeds} seed(s): {len(todo)} retrains to run ({args.jobs} at a time, "
          f"{threads} torch thread(s) each), {len(rows) * args.seeds - len(todo)} already in {cache.path}")
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context,
+                                                initializer=die_with_parent) as pool:
         futures = {pool.submit(retrain_curve, row.source, seed, fields, threads, args.device): (row, seed)
                    for row, seed in todo}
         for count, future in enumerate(concurrent.futures.as_completed(futures), 1):
