@@ -63,9 +63,8 @@ class CellDecisions:
     decided: dict[int, int] = dataclasses.field(default_factory=dict)
     pruned: set[int] = dataclasses.field(default_factory=set)
 
-    @property
-    def edges(self) -> list[tuple[int, int]]:
-        return cell_edges(self.cell.num_nodes, self.cell.num_inputs)
+    def __post_init__(self) -> None:
+        self.edges = cell_edges(self.cell.num_nodes, self.cell.num_inputs)  # (node, source) of each row
 
     @property
     def remaining(self) -> int:
