@@ -66,16 +66,17 @@ CANDIDATES: dict[str, dict] = {
     "skip_dropout0.7+entropy_w2_cap2_cosine_lr3e-2": {"remedy": ["skip_dropout", "entropy"], "arch_lr": 3e-2,
                                                       "arch_lr_min": 0.0, "remedy_options": {"entropy_weight": 2.0}},
     "default": {},
-    "default+edge_norm": {"space_options": {"edge_normalization": True}},
+    "default+edge_norm": {"remedy": ["skip_dropout", "entropy"], "space_options": {"edge_normalization": True}},
     "default+sgas": {"remedy": ["skip_dropout", "entropy", "sgas"]},
 }
 """Name -> overrides of SearchConfig's defaults (``default`` = whatever ``nasplat search`` does today; the DARTS
 space's ``max_skip_normal`` is 2 in the names with ``cap2`` and in ``default``, none (the paper's decode) in the
 others; the entropy penalty's weight is 1 unless the name says ``w2`` or ``w3`` (2 in ``default``); the
 architecture learning rate is constant (``arch_lr_min = arch_lr``) except in ``default`` and the names with
-``cosine``, which anneal it to 0; ``former_default``: no remedy, arch lr 3e-3; ``default+edge_norm``: the default with
-PC-DARTS's edge normalisation, without partial channels; ``default+sgas``: the default with SGAS's edge-by-edge
-decisions added to its remedies)."""
+``cosine``, which anneal it to 0; ``former_default``: no remedy, arch lr 3e-3; ``default+edge_norm``: the default of
+the third round (``--remedy skip_dropout entropy``) with PC-DARTS's edge normalisation, without partial channels;
+``default+sgas``: that default with SGAS's edge-by-edge decisions added to its remedies, the default since the
+fourth round)."""
 for _name, _overrides in CANDIDATES.items():
     if not _name.startswith("default"):
         _overrides["space_options"] = {"max_skip_normal": 2 if "cap2" in _name else None}

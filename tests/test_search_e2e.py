@@ -70,13 +70,17 @@ def test_darts_search_end_to_end(tmp_path):
     assert nasplat.genotype_from_dict(logged) == genotype
     per_epoch = {a.path for a in client.list_artifacts(child.info.run_id, "genotypes")}
     assert per_epoch == {"genotypes/epoch_001.json", "genotypes/epoch_002.json"}
+    # the default's sgas decides every edge after epoch 1 of 2; epoch 2 trains that network and keeps it
+    first, last = (json.loads(Path(client.download_artifacts(child.info.run_id, f"genotypes/epoch_00{k}.json",
+                                                             str(tmp_path / f"epoch{k}"))).read_text()) for k in (1, 2))
+    assert first == last == genotype.to_dict()
     # cosine to 0 over the 2 epochs: 3e-2, then 3e-2 * (1 + cos(pi / 2)) / 2
     assert [m.value for m in client.get_metric_history(child.info.run_id, "arch_lr")] == pytest.approx([3e-2, 1.5e-2])
     # the default remedies (docs/collapse.md): the entropy penalty's weight, 0 at the first epoch, 2 at the last;
     # P-DARTS's skip dropout, 0.7 at the first and 0 at the last; the DARTS space's skip cap under the user's options
     assert [m.value for m in client.get_metric_history(child.info.run_id, "remedy_entropy_weight")] == [0.0, 2.0]
     assert [m.value for m in client.get_metric_history(child.info.run_id, "remedy_skip_dropout")] == [0.7, 0.0]
-    assert parent.data.params["remedy"] == "['skip_dropout', 'entropy']", parent.data.params.get("remedy")
+    assert parent.data.params["remedy"] == "['skip_dropout', 'entropy', 'sgas']", parent.data.params.get("remedy")
     assert parent.data.params["space_options.max_skip_normal"] == "2"
     assert parent.data.params["space_options.C"] == "4"
     assert sum(op == "skip_connect" for op, _ in genotype.normal) <= 2

@@ -46,7 +46,7 @@ class SearchConfig(ExperimentConfig):
                                       "(eval_interval, window, centred, lookback, threshold, min_chosen_epoch, "
                                       "ada_factor, ada_max_weight_decay, extra_rollback, hessian_weight_decay, "
                                       "decide_on_final_epoch)")
-    remedy: list = option(["skip_dropout", "entropy"], "collapse remedies (docs/collapse.md): sdarts (SDARTS-RS "
+    remedy: list = option(["skip_dropout", "entropy", "sgas"], "collapse remedies (docs/collapse.md): sdarts (SDARTS-RS "
                           "noise on the architecture in the weight step), beta_decay (beta-DARTS regulariser), "
                           "entropy (annealed entropy penalty: the search ends decided), darts_minus (DARTS- "
                           "auxiliary skip), skip_dropout (P-DARTS dropout on skip connections), sgas (SGAS: the "
