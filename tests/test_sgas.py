@@ -81,10 +81,11 @@ TINY = dict(image_size=16, train_samples=8, val_samples=4, batch_size=2, workers
 
 def test_a_search_ends_with_its_decided_cells_and_a_resume_keeps_them(tmp_path, capsys):
     search = SupernetSearch(SearchConfig(**TINY))
-    genotypes = []
+    genotypes, shares = [], []
     for _ in range(3):  # decisions at the ends of epochs 1, 2, 3 (3 + 3 + 2 per cell)
-        search.train_epoch()
+        shares.append(search.train_epoch()["remedy_sgas_decided"])
         genotypes.append(search.genotype())
+    assert shares == pytest.approx([6 / 16, 12 / 16, 1.0])  # the epoch's metric: the share of the 16 edges decided
     lines = [line for line in capsys.readouterr().out.splitlines() if "sgas decided" in line]
     assert [line.split(":")[0] for line in lines] == [f"[nasplat] epoch {k}" for k in (1, 2, 3)]
     assert [line.count(" node ") for line in lines] == [6, 6, 4]

@@ -132,6 +132,11 @@ class SequentialDecisions:
             totals.append(f"{name} {len(decisions.decided)}/{len(decisions.decided) + decisions.remaining}")
         return f"sgas decided {', '.join(made) or 'nothing'} (edges decided: {', '.join(totals)})"
 
+    def decided_share(self) -> float:
+        """The share of the edges to keep that are decided, over every cell (1.0 once the search is decided)."""
+        decided = sum(len(d.decided) for d in self.cells.values())
+        return decided / (decided + sum(d.remaining for d in self.cells.values()))
+
     def impose(self) -> None:
         """Re-fix every decided and pruned row (after an architecture step, a roll-back or a resume)."""
         for name, decisions in self.cells.items():

@@ -195,6 +195,7 @@ class SupernetSearch:
             decided = remedies.end_epoch(self.config.warmup_epochs)
             if decided is not None and rank() == 0:
                 print(f"[nasplat] epoch {self.epoch + 1}: {decided}", flush=True)
+            result.update(remedies.decision_metrics())
         if self.arch_updates_active:
             result["arch_loss"] = totals["arch_loss"] / max(steps, 1)
             result["arch_lr"] = arch_lr

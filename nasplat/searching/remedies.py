@@ -126,6 +126,10 @@ class Remedies:
             return None
         return self.decisions.end_epoch(self.epoch + 1, self.epochs, warmup_epochs)
 
+    def decision_metrics(self) -> dict[str, float]:
+        """``remedy_sgas_decided``: the share of the cells' edges ``sgas`` has decided so far (absent without it)."""
+        return {"remedy_sgas_decided": self.decisions.decided_share()} if self.decisions is not None else {}
+
     def after_arch_step(self) -> None:
         """Re-fix the decided edges after the architecture optimiser (or a roll-back) moved them."""
         if self.decisions is not None:
