@@ -74,6 +74,7 @@ def test_darts_search_end_to_end(tmp_path):
     first, last = (json.loads(Path(client.download_artifacts(child.info.run_id, f"genotypes/epoch_00{k}.json",
                                                              str(tmp_path / f"epoch{k}"))).read_text()) for k in (1, 2))
     assert first == last == genotype.to_dict()
+    assert [m.value for m in client.get_metric_history(child.info.run_id, "remedy_sgas_decided")] == [1.0, 1.0]
     # cosine to 0 over the 2 epochs: 3e-2, then 3e-2 * (1 + cos(pi / 2)) / 2
     assert [m.value for m in client.get_metric_history(child.info.run_id, "arch_lr")] == pytest.approx([3e-2, 1.5e-2])
     # the default remedies (docs/collapse.md): the entropy penalty's weight, 0 at the first epoch, 2 at the last;
