@@ -65,6 +65,11 @@ class CellDecisions:
 
     def __post_init__(self) -> None:
         self.edges = cell_edges(self.cell.num_nodes, self.cell.num_inputs)  # (node, source) of each row
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # rows and their logits, built once per decision
+
+    def restore(self, decided: Mapping[int, int], pruned: set[int]) -> None:
+        """Set the decisions (from a checkpoint)."""
+        self.decided, self.pruned, self._fixed = dict(decided), set(pruned), None
 
     @property
     def remaining(self) -> int:
@@ -85,6 +90,7 @@ class CellDecisions:
         row = alpha.detach()[edge]
         op = max(allowed, key=lambda k: (float(row[k]), -k))
         self.decided[edge] = op
+        self._fixed = None
         node = self.edges[edge][0]
         node_edges = [e for e, (n, _) in enumerate(self.edges) if n == node]
         if sum(e in self.decided for e in node_edges) >= self.cell.keep:
@@ -92,15 +98,18 @@ class CellDecisions:
         return edge, op
 
     def impose(self, alpha: torch.Tensor) -> None:
-        """Fix the decided rows of ``alpha`` to their op and the pruned ones to ``none`` (in place, no grad)."""
-        fixed = {**{e: self.cell.ops.index("none") for e in self.pruned}, **self.decided}
-        if not fixed:
+        """Fix the decided rows of ``alpha`` to their op and the pruned ones to ``none`` (in place, no grad). Runs
+        after every architecture step: the rows and their logits are built once per decision."""
+        if not self.decided and not self.pruned:
             return
+        if self._fixed is None or self._fixed[1].device != alpha.device or self._fixed[1].dtype != alpha.dtype:
+            fixed = {**{e: self.cell.ops.index("none") for e in self.pruned}, **self.decided}
+            rows = sorted(fixed)
+            values = torch.full((len(rows), alpha.shape[1]), -FIXED_LOGIT, dtype=alpha.dtype, device=alpha.device)
+            values[torch.arange(len(rows)), torch.tensor([fixed[e] for e in rows])] = 0.0
+            self._fixed = (torch.tensor(rows, device=alpha.device), values)
         with torch.no_grad():
-            rows = torch.tensor(sorted(fixed), device=alpha.device)
-            values = torch.full((len(fixed), alpha.shape[1]), -FIXED_LOGIT, dtype=alpha.dtype, device=alpha.device)
-            values[torch.arange(len(fixed)), torch.tensor([fixed[e] for e in sorted(fixed)])] = 0.0
-            alpha[rows] = values
+            alpha[self._fixed[0]] = self._fixed[1]
 
 
 class SequentialDecisions:
@@ -148,6 +157,5 @@ class SequentialDecisions:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, decisions in self.cells.items():
             saved = state.get(name, {"decided": {}, "pruned": []})
-            decisions.decided = {int(e): int(op) for e, op in saved["decided"].items()}
-            decisions.pruned = {int(e) for e in saved["pruned"]}
+            decisions.restore({int(e): int(op) for e, op in saved["decided"].items()}, {int(e) for e in saved["pruned"]})
         self.impose()
