@@ -98,6 +98,19 @@ def test_bad_early_stop_option_names_the_field():
         SupernetSearch(SearchConfig(**TINY, epochs=2, early_stop="paper", early_stop_options={"windw": 3}))
 
 
+@pytest.mark.parametrize("remedy, warned", [(["skip_dropout", "entropy", "sgas"], True),
+                                             (["skip_dropout", "entropy"], False)])
+def test_early_stop_beside_sgas_is_warned_before_the_search(tmp_path, monkeypatch, capsys, remedy, warned):
+    """sgas flattens the Hessian as it decides edges, so the rise rule would wait in vain: said before Ray starts."""
+    from nasplat.runtime.search_driver import prepare_search
+
+    monkeypatch.chdir(tmp_path)
+    prepare_search(SearchConfig(**TINY, epochs=2, early_stop="paper", remedy=remedy, storage=str(tmp_path / "runs")))
+    out = capsys.readouterr().out
+    assert ("[nasplat] warning: --early-stop with the sgas remedy" in out) is warned
+    assert ("--remedy skip_dropout entropy" in out) is warned
+
+
 @dataclasses.dataclass(frozen=True)
 class _ChainGenotype(nasplat.Genotype):
     space = "test_smooth_chain"

@@ -19,7 +19,7 @@ from nasplat.runtime.search_worker import search_worker
 from nasplat.runtime.trial_trainer import fit_trial
 from nasplat.searching.config import SearchConfig
 from nasplat.searching.cost_search import check_cost
-from nasplat.searching.loop import early_stop_config
+from nasplat.searching.loop import early_stop_config, early_stop_conflicts
 from nasplat.spaces.registry import genotype_from_dict, get_space, resolve_space_spec
 from nasplat.tracking import schema
 from nasplat.tracking.logger import RunLogger
@@ -64,6 +64,8 @@ def prepare_search(config: SearchConfig) -> SearchConfig:
     preflight.check_crop(config.image_size, minimum, f"search space {name!r} with these options")
     config = check_cost(config, space)
     early_stop_config(config)
+    for line in early_stop_conflicts(config):
+        print(f"[nasplat] warning: {line}", flush=True)
     preflight.check_dataset(config, lambda data: len(data.train_a))
     if uses_ray_data(config):
         verify_shards(config.dataset.split(":", 1)[1])

@@ -61,6 +61,15 @@ def early_stop_config(config: SearchConfig) -> EarlyStopConfig | None:
         raise ConfigError(f"config field 'early_stop_options': {err}") from None
 
 
+def early_stop_conflicts(config: SearchConfig) -> list[str]:
+    """Settings that keep the RobustDARTS rule from triggering, said once before the search starts."""
+    if config.early_stop == "off" or "sgas" not in config.remedy:
+        return []
+    return ["--early-stop with the sgas remedy: the rows sgas decides leave the Hessian, its dominant eigenvalue "
+            "falls as decisions accumulate and the rule (which waits for a rise) sees none after they begin; to "
+            "early-stop, leave sgas out (--remedy skip_dropout entropy), see docs/robust_darts.md"]
+
+
 def architecture_entropy(distributions: dict[str, torch.Tensor]) -> float:
     """Mean entropy (nats) of the architecture's choice distributions (rows of zeros are skipped)."""
     values = []
