@@ -10,6 +10,9 @@ step, as ``optimizer.step()`` skips parameters whose ``.grad`` is None in the re
 decay and momentum do not move them. The extra forward passes of the second-order gradient (at
 w, at the unrolled w' and at the two perturbed weights) leave the BatchNorm running statistics
 as they were; only the weight step's own forward pass updates them.
+The first-order gradient runs with the weights frozen (``requires_grad`` off), so nothing is kept
+or computed for their gradients; the perturbed weights of the second-order gradient need no
+gradient either.
 
 An ``arch_penalty`` (a differentiable function of the arch parameters alone, the same on every worker, e.g. the
 expected cost of :mod:`nasplat.searching.cost_search`) adds its gradient to the averaged architecture gradient.
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nasplat.searching.buffers import preserved_buffers
+from nasplat.searching.buffers import frozen, preserved_buffers
 from nasplat.searching.remedies import Remedies
 from nasplat.spaces.space import ARCH_PREFIX, Supernet
 from nasplat.training.collectives import average_
@@ -110,8 +113,9 @@ class BilevelOptimizer:
     def architecture_gradient(self, batch_a: Batch, batch_b: Batch) -> tuple[list[torch.Tensor], float]:
         """Gradient of the validation loss w.r.t. every arch parameter, averaged over workers."""
         if self.order == 1:
-            loss = self.loss_fn(self.model(batch_b[0]), batch_b[1])
-            grads = list(torch.autograd.grad(loss, self.arch))
+            with frozen(self.weights):
+                loss = self.loss_fn(self.model(batch_b[0]), batch_b[1])
+                grads = list(torch.autograd.grad(loss, self.arch))
             average_(grads)
             return grads, float(loss.detach())
         return self._second_order_gradient(batch_a, batch_b)

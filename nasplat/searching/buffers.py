@@ -1,8 +1,9 @@
-"""Forward passes that leave no trace in a module's buffers (BatchNorm running statistics)."""
+"""Passes that leave no trace in a module's state: its buffers (BatchNorm running statistics), its parameters'
+``requires_grad``."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,3 +25,18 @@ def preserved_buffers(model: nn.Module) -> Iterator[None]:
             for name, buffer in model.named_buffers():
                 if name in saved:
                     buffer.copy_(saved[name])
+
+
+@contextlib.contextmanager
+def frozen(params: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Inside the block ``params`` require no gradient, so a pass that differentiates with respect to the
+    architecture alone keeps no tensor and computes no product for the weights' gradients (operations whose
+    backward computes every input gradient at once, like custom autograd functions, would otherwise do both)."""
+    changed = [param for param in params if param.requires_grad]
+    for param in changed:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in changed:
+            param.requires_grad_(True)

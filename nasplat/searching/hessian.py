@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nasplat.searching.buffers import preserved_buffers
+from nasplat.searching.buffers import frozen, preserved_buffers
 from nasplat.training.collectives import average_
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -68,7 +68,8 @@ def dominant_hessian_eigenvalue(
     batches = list(batches)
     if not batches:
         raise ValueError("dominant_hessian_eigenvalue needs at least one batch")
-    with preserved_buffers(model), torch.enable_grad():
+    weights = [param for param in model.parameters() if not any(param is a for a in arch)]
+    with preserved_buffers(model), frozen(weights), torch.enable_grad():
         hvp = _HessianVectorProduct(model, arch, loss_fn, batches, arch_weight_decay)
         value, used, converged = _power_iteration(hvp, _start_vector(arch, seed), iterations, tol)
         if which == "largest" and value < 0:

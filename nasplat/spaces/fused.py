@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nasplat.spaces.depthwise import depthwise_conv2d, is_depthwise
 from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 
 __all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled",
@@ -154,10 +155,13 @@ def stacked_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d], shared_input: bool
     :attr:`GroupInput.repeated_relu` does) and edge ``e``'s conv reads its own block.
     """
     first = convs[0]
+    weight = first.weight if len(convs) == 1 else torch.cat([conv.weight for conv in convs])
+    groups = first.groups if shared_input else first.groups * len(convs)
+    if first.bias is None and first.padding_mode == "zeros" and is_depthwise(x, weight, first.padding, first.dilation,
+                                                                             groups):
+        return depthwise_conv2d(x, weight, first.stride, first.padding, first.dilation)
     if len(convs) == 1:
         return first(x)
-    weight = torch.cat([conv.weight for conv in convs])
-    groups = first.groups if shared_input else first.groups * len(convs)
     return F.conv2d(x, weight, None, first.stride, first.padding, first.dilation, groups)
 
 

@@ -1,0 +1,73 @@
+"""Depthwise convolutions whose input gradient runs as a forward convolution.
+
+The gradient of a depthwise convolution with respect to its input is the stride-1 depthwise convolution, with the
+kernel flipped in both spatial axes and padding ``dilation * (k - 1) - padding``, of the output gradient placed
+every ``stride`` pixels (zeros between).
+oneDNN's own backward kernel for depthwise convolutions is many times slower than its forward kernel on CPUs
+(about 17x for a dilated 3x3 on ``[16, 32, 32, 32]`` channels-last here, see docs/performance.md), and an
+architecture step needs only input gradients, so the fused supernet path computes them this way. The weight
+gradient, when needed, is PyTorch's own. Both stay differentiable (the Hessian of RobustDARTS differentiates
+them again). Only the tensors a gradient will need are kept for the backward pass: with frozen weights (the
+architecture step), the input is not kept at all.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["depthwise_conv2d", "is_depthwise"]
+
+
+def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilation: Sequence[int], groups: int
+                 ) -> bool:
+    """Whether :func:`depthwise_conv2d` computes ``F.conv2d(x, weight, None, stride, padding, dilation, groups)``:
+    one input and one output channel per group, and padding within the kernel's reach."""
+    return (isinstance(padding, (tuple, list)) and groups == x.shape[1] and weight.shape[0] == groups
+            and weight.shape[1] == 1 and all(0 <= p <= d * (k - 1) for p, d, k in zip(padding, dilation, weight.shape[2:])))
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],
+                     dilation: Sequence[int]) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, dilation, groups=channels)`` with the input gradient of the
+    module doc; ``weight`` is ``[channels, 1, kh, kw]`` (see :func:`is_depthwise`)."""
+    return _DepthwiseConv.apply(x, weight, tuple(stride), tuple(padding), tuple(dilation))
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.stride, ctx.padding, ctx.dilation, ctx.size = stride, padding, dilation, x.shape[2:]
+        return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+        x, weight = ctx.saved_tensors
+        groups, reach = weight.shape[0], [d * (k - 1) for d, k in zip(ctx.dilation, weight.shape[2:])]
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(_spread(grad, ctx.stride, [n + 2 * p - r for n, p, r in zip(ctx.size, ctx.padding, reach)]),
+                              weight.flip(-2, -1), None, 1, [r - p for r, p in zip(reach, ctx.padding)], ctx.dilation,
+                              groups)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, list(ctx.stride), list(ctx.padding), list(ctx.dilation), False, [0, 0], groups,
+                [False, True, False])[1]
+        return grad_x, grad_weight, None, None, None
+
+
+def _spread(grad: torch.Tensor, stride: tuple[int, int], size: Sequence[int]) -> torch.Tensor:
+    """``grad`` of a strided output placed every ``stride`` pixels of the stride-1 output's ``size``, zeros between."""
+    if stride == (1, 1):
+        return grad
+    spread = grad.new_zeros((*grad.shape[:2], *size)).contiguous(memory_format=_layout(grad))
+    spread[:, :, ::stride[0], ::stride[1]] = grad
+    return spread
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
