@@ -2,13 +2,12 @@
 
 The gradient of a depthwise convolution with respect to its input is the stride-1 depthwise convolution, with the
 kernel flipped in both spatial axes and padding ``dilation * (k - 1) - padding``, of the output gradient placed
-every ``stride`` pixels (zeros between).
-oneDNN's own backward kernel for depthwise convolutions is many times slower than its forward kernel on CPUs
-(about 17x for a dilated 3x3 on ``[16, 32, 32, 32]`` channels-last here, see docs/performance.md), and an
-architecture step needs only input gradients, so the fused supernet path computes them this way. The weight
-gradient, when needed, is PyTorch's own. Both stay differentiable (the Hessian of RobustDARTS differentiates
-them again). Only the tensors a gradient will need are kept for the backward pass: with frozen weights (the
-architecture step), the input is not kept at all.
+every ``stride`` pixels (zeros between). oneDNN's backward kernel for dilated depthwise convolutions is many times
+slower than its forward kernel on CPUs (5-12x on the DARTS supernet's shapes, bench/depthwise_grad.py), and an
+architecture step needs only input gradients, so the fused supernet path computes them this way where it pays
+(:func:`pays_off`). The weight gradient, when needed, is PyTorch's own. Both stay differentiable (the RobustDARTS
+Hessian differentiates them again). Only what a gradient will need is kept for the backward pass: with frozen
+weights (the architecture step) the input is not kept.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv2d", "is_depthwise"]
+__all__ = ["depthwise_conv2d", "is_depthwise", "pays_off"]
 
 
 def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilation: Sequence[int], groups: int
@@ -26,6 +25,13 @@ def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilatio
     one input and one output channel per group, and padding within the kernel's reach."""
     return (isinstance(padding, (tuple, list)) and groups == x.shape[1] and weight.shape[0] == groups
             and weight.shape[1] == 1 and all(0 <= p <= d * (k - 1) for p, d, k in zip(padding, dilation, weight.shape[2:])))
+
+
+def pays_off(stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    """Whether the forward-conv input gradient beats PyTorch's on a CPU (bench/depthwise_grad.py): always for dilated
+    kernels (5-12x), about even at stride 1 without dilation, and slower at stride 2 without (spreading the gradient
+    costs more than PyTorch's kernel)."""
+    return tuple(stride) == (1, 1) or min(dilation) > 1
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],

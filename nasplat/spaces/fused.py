@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat.spaces.depthwise import depthwise_conv2d, is_depthwise
+from nasplat.spaces.depthwise import depthwise_conv2d, is_depthwise, pays_off
 from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 
 __all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled",
@@ -157,8 +157,8 @@ def stacked_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d], shared_input: bool
     first = convs[0]
     weight = first.weight if len(convs) == 1 else torch.cat([conv.weight for conv in convs])
     groups = first.groups if shared_input else first.groups * len(convs)
-    if first.bias is None and first.padding_mode == "zeros" and is_depthwise(x, weight, first.padding, first.dilation,
-                                                                             groups):
+    if (first.bias is None and first.padding_mode == "zeros" and pays_off(first.stride, first.dilation)
+            and is_depthwise(x, weight, first.padding, first.dilation, groups)):
         return depthwise_conv2d(x, weight, first.stride, first.padding, first.dilation)
     if len(convs) == 1:
         return first(x)
