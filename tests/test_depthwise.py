@@ -56,3 +56,24 @@ def test_a_frozen_weight_keeps_the_input_out_of_the_graph():
         grad_x, = torch.autograd.grad(out.sum(), x)
         torch.testing.assert_close(grad_x, torch.autograd.grad(F.conv2d(x, weight, None, 1, 1, 1, 4).sum(), x)[0])
     assert weight.requires_grad  # the block gave it back
+
+
+def _graph_names(output: torch.Tensor) -> set[str]:
+    names, stack, seen = set(), [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_the_fused_darts_supernet_runs_its_dilated_convs_through_it_on_a_cpu():
+    import nasplat
+
+    for fused in (True, False):
+        model = nasplat.get_space("darts").supernet(3, C=4, layers=2, reductions=1, fused=fused)
+        names = _graph_names(model(torch.randn(2, 3, 16, 16)))
+        assert ("_DepthwiseConvBackward" in names) is fused  # the per-edge path stays PyTorch's, the reference
