@@ -38,7 +38,8 @@ class RetrainConfig(ExperimentConfig):
     baseline: str | None = option(None, "registered baseline model to train instead: duc_hdc, deeplabv3plus, icnet, ...")
     model_options: dict = option({}, "network options as KEY=VALUE, repeatable (darts genotype: C, layers, "
                                  "reductions, head_channels, drop_path; deeplabv3plus: backbone=resnet101|"
-                                 "mobilenet_v2, output_stride=16|8)")
+                                 "mobilenet_v2, output_stride=16|8; deeplabv3plus and duc_hdc: "
+                                 "pretrained=imagenet or backbone_weights=PATH, docs/retrain.md)")
     batch_size: int = option(8, "batch size per worker (sampled from --batch-sizes when --trials > 1)")
     trials: int = option(1, "Tune trials; > 1: Optuna samples lr, weight decay and batch size, ASHA stops weak trials")
     experiment: str = option("nasplat-retrain", "MLflow experiment name")
