@@ -22,6 +22,7 @@ tensors, as ``nasplat search`` runs). ``fused`` and ``channels-last`` are the tw
 same decode), so compare its memory, not its losses, with the others.
 
     python bench/search_step.py                       # the issue's configurations, 10 steps each
+    python bench/search_step.py --interleave --configs darts-c8   # times only, the paths taking turns in one process
     python bench/search_step.py --configs darts-c8 --kinds weight --steps 5
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 MARKER = "RESULT "
 CONFIGS: dict[str, dict] = {
@@ -62,15 +64,12 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threads: int, device: str) -> dict:
-    """Build, warm up and time one step kind of one path; return the figures (peak: GPU memory on CUDA)."""
+def _stepper(config_name: str, path: str, kind: str, device: str) -> Callable[[], None]:
+    """Build one path's supernet, optimisers and batches for one configuration; return its step of ``kind``."""
     import torch
 
     import nasplat
 
-    nasplat.get_space("darts"), nasplat.get_space("autodeeplab")  # the spaces' imports count as the base too
-    base_kib = _rss_kib()
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = CONFIGS[config_name]
     channels_last, options = PATHS[path]
@@ -91,25 +90,56 @@ def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threa
     batch_a, batch_b = batch(), batch()
     bilevel.weight_step(batch_a)  # momentum buffers exist, as in a running search
     cuda = device.startswith("cuda")
-    times = []
-    for index in range(warmup + steps):
-        if cuda:
-            torch.cuda.synchronize()
-            if index == warmup:
-                torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
+
+    def step() -> None:
         if kind == "weight":
             bilevel.weight_step(batch_a)
         else:
             bilevel.arch_step(batch_a, batch_b)
         if cuda:
             torch.cuda.synchronize()
+
+    return step
+
+
+def child(config_name: str, path: str, kind: str, steps: int, warmup: int, threads: int, device: str) -> dict:
+    """Build, warm up and time one step kind of one path; return the figures (peak: GPU memory on CUDA)."""
+    import torch
+
+    import nasplat
+
+    nasplat.get_space("darts"), nasplat.get_space("autodeeplab")  # the spaces' imports count as the base too
+    base_kib = _rss_kib()
+    torch.set_num_threads(threads)
+    step = _stepper(config_name, path, kind, device)
+    cuda = device.startswith("cuda")
+    times = []
+    for index in range(warmup + steps):
+        if cuda and index == warmup:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        step()
         if index >= warmup:
             times.append(time.perf_counter() - started)
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kib) / 1024
     if cuda:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "peak_mib": peak_mib}
+
+
+def interleaved(config_name: str, paths: list[str], kind: str, steps: int, warmup: int, device: str
+                ) -> dict[str, list[float]]:
+    """Step times of every path built in this process, the paths taking turns step by step, so that a change of
+    the machine's speed during the run (other tenants, clock) tilts no ratio. No memory figures: one process."""
+    steppers = {path: _stepper(config_name, path, kind, device) for path in paths}
+    times: dict[str, list[float]] = {path: [] for path in paths}
+    for index in range(warmup + steps):
+        for path, step in steppers.items():
+            started = time.perf_counter()
+            step()
+            if index >= warmup:
+                times[path].append(time.perf_counter() - started)
+    return times
 
 
 def run_child(config: str, path: str, kind: str, args: argparse.Namespace) -> dict:
@@ -127,6 +157,25 @@ def _cell(result: dict, key: str, fmt: str) -> str:
     return "failed" if "error" in result else format(result[key], fmt)
 
 
+def print_interleaved(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"# search step, paths taking turns in one process, torch {torch.__version__}, {args.device}, "
+          f"{args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up; ratio = path / "
+          f"{args.paths[0]}; {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| config | step | path | median s | min-max s | ratio |")
+    print("|---|---|---|---:|---:|---:|")
+    for config in args.configs:
+        for kind in args.kinds:
+            times = interleaved(config, args.paths, kind, args.steps, args.warmup, args.device)
+            base = statistics.median(times[args.paths[0]])
+            for path, values in times.items():
+                median = statistics.median(values)
+                print(f"| {config} | {kind} | {path} | {median:.3f} | {min(values):.2f}-{max(values):.2f} | "
+                      f"{median / base:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), choices=sorted(CONFIGS))
@@ -138,10 +187,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (peak memory: GPU memory allocated)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds before a child is given up")
     parser.add_argument("--json", type=Path, help="also write every result to this file")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time only: build every path in this one process and let them take turns step by step "
+                             "(ratios robust to the machine's speed drifting during the run; no memory figures)")
     parser.add_argument("--child", nargs=3, metavar=("CONFIG", "PATH", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(MARKER + json.dumps(child(*args.child, args.steps, args.warmup, args.threads, args.device)), flush=True)
+        return
+    if args.interleave:
+        print_interleaved(args)
         return
 
     import torch  # only for the header

@@ -27,11 +27,11 @@ def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilatio
             and weight.shape[1] == 1 and all(0 <= p <= d * (k - 1) for p, d, k in zip(padding, dilation, weight.shape[2:])))
 
 
-def pays_off(x: torch.Tensor, stride: Sequence[int], dilation: Sequence[int]) -> bool:
-    """Whether the forward-conv input gradient beats PyTorch's, as measured on a CPU (bench/depthwise_grad.py):
-    always for dilated kernels (5-12x), about even at stride 1 without dilation, slower at stride 2 without
-    (spreading the gradient costs more than PyTorch's kernel). Not timed on GPUs: there PyTorch's kernels run."""
-    return x.device.type == "cpu" and (tuple(stride) == (1, 1) or min(dilation) > 1)
+def pays_off(x: torch.Tensor, dilation: Sequence[int]) -> bool:
+    """Whether the forward-conv input gradient beats PyTorch's, as measured on a CPU (bench/depthwise_grad.py and
+    whole search steps): for dilated kernels (5-12x); without dilation PyTorch's kernel is about as fast and this
+    function's Python overhead tips the balance. Not timed on GPUs: there PyTorch's kernels run."""
+    return x.device.type == "cpu" and min(dilation) > 1
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], padding: Sequence[int],

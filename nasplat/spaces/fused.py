@@ -157,7 +157,7 @@ def stacked_conv(x: torch.Tensor, convs: Sequence[nn.Conv2d], shared_input: bool
     first = convs[0]
     weight = first.weight if len(convs) == 1 else torch.cat([conv.weight for conv in convs])
     groups = first.groups if shared_input else first.groups * len(convs)
-    if (first.bias is None and first.padding_mode == "zeros" and pays_off(x, first.stride, first.dilation)
+    if (first.bias is None and first.padding_mode == "zeros" and pays_off(x, first.dilation)
             and is_depthwise(x, weight, first.padding, first.dilation, groups)):
         return depthwise_conv2d(x, weight, first.stride, first.padding, first.dilation)
     if len(convs) == 1:
