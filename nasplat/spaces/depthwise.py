@@ -3,7 +3,7 @@
 The gradient of a depthwise convolution with respect to its input is the stride-1 depthwise convolution, with the
 kernel flipped in both spatial axes and padding ``dilation * (k - 1) - padding``, of the output gradient placed
 every ``stride`` pixels (zeros between). oneDNN's backward kernel for dilated depthwise convolutions is many times
-slower than its forward kernel on CPUs (5-12x on the DARTS supernet's shapes, bench/depthwise_grad.py), and an
+slower than its forward kernel on CPUs (3-8x on the DARTS supernet's shapes, bench/depthwise_grad.py), and an
 architecture step needs only input gradients, so the fused supernet path computes them this way where it pays
 (:func:`pays_off`). The weight gradient, when needed, is PyTorch's own. Both stay differentiable (the RobustDARTS
 Hessian differentiates them again). Only what a gradient will need is kept for the backward pass: with frozen
@@ -29,7 +29,7 @@ def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilatio
 
 def pays_off(x: torch.Tensor, dilation: Sequence[int]) -> bool:
     """Whether the forward-conv input gradient beats PyTorch's, as measured on a CPU (bench/depthwise_grad.py and
-    whole search steps): for dilated kernels (5-12x); without dilation PyTorch's kernel is about as fast and this
+    whole search steps): for dilated kernels (3-8x); without dilation PyTorch's kernel is about as fast and this
     function's Python overhead tips the balance. Not timed on GPUs: there PyTorch's kernels run."""
     return x.device.type == "cpu" and min(dilation) > 1
 
