@@ -166,14 +166,19 @@ def print_interleaved(args: argparse.Namespace) -> None:
           f"{args.paths[0]}; {time.strftime('%Y-%m-%d %H:%M')}")
     print("| config | step | path | median s | min-max s | ratio |")
     print("|---|---|---|---:|---:|---:|")
+    records = []
     for config in args.configs:
         for kind in args.kinds:
             times = interleaved(config, args.paths, kind, args.steps, args.warmup, args.device)
             base = statistics.median(times[args.paths[0]])
             for path, values in times.items():
                 median = statistics.median(values)
+                records.append({"config": config, "step": kind, "path": path, "median_s": median,
+                                "min_s": min(values), "max_s": max(values), "interleaved": True})
                 print(f"| {config} | {kind} | {path} | {median:.3f} | {min(values):.2f}-{max(values):.2f} | "
                       f"{median / base:.2f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
 
 
 def main() -> None:

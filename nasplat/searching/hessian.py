@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from nasplat.searching.buffers import frozen, preserved_buffers
+from nasplat.spaces.space import Supernet
 from nasplat.training.collectives import average_
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def dominant_hessian_eigenvalue(
-    model: nn.Module,
+    model: Supernet,
     loss_fn: LossFn,
     batches: Iterable[Batch],
     iterations: int = 20,
@@ -68,8 +69,7 @@ def dominant_hessian_eigenvalue(
     batches = list(batches)
     if not batches:
         raise ValueError("dominant_hessian_eigenvalue needs at least one batch")
-    weights = [param for param in model.parameters() if not any(param is a for a in arch)]
-    with preserved_buffers(model), frozen(weights), torch.enable_grad():
+    with preserved_buffers(model), frozen(model.weight_parameters()), torch.enable_grad():
         hvp = _HessianVectorProduct(model, arch, loss_fn, batches, arch_weight_decay)
         value, used, converged = _power_iteration(hvp, _start_vector(arch, seed), iterations, tol)
         if which == "largest" and value < 0:

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["depthwise_conv2d", "is_depthwise", "pays_off"]
+__all__ = ["depthwise_conv2d", "is_channels_last", "is_depthwise", "pays_off"]
 
 
 def is_depthwise(x: torch.Tensor, weight: torch.Tensor, padding: object, dilation: Sequence[int], groups: int
@@ -69,11 +69,12 @@ def _spread(grad: torch.Tensor, stride: tuple[int, int], size: Sequence[int]) ->
     """``grad`` of a strided output placed every ``stride`` pixels of the stride-1 output's ``size``, zeros between."""
     if stride == (1, 1):
         return grad
-    spread = grad.new_zeros((*grad.shape[:2], *size)).contiguous(memory_format=_layout(grad))
+    layout = torch.channels_last if is_channels_last(grad) else torch.contiguous_format
+    spread = grad.new_zeros((*grad.shape[:2], *size)).contiguous(memory_format=layout)
     spread[:, :, ::stride[0], ::stride[1]] = grad
     return spread
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last (and not also plain contiguous, as a tensor with 1x1 sides is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

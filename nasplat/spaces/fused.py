@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasplat.spaces.depthwise import depthwise_conv2d, is_depthwise, pays_off
+from nasplat.spaces.depthwise import depthwise_conv2d, is_channels_last, is_depthwise, pays_off
 from nasplat.spaces.ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 
 __all__ = ["GroupInput", "GroupForward", "register_group_forward", "group_forward", "group_batch_norm", "scaled",
@@ -92,7 +92,7 @@ def repeat_channels(x: torch.Tensor, times: int) -> torch.Tensor:
     """``x`` repeated ``times`` along channels, keeping channels-last memory channels-last."""
     if times == 1:
         return x
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         return x.permute(0, 2, 3, 1).repeat(1, 1, 1, times).permute(0, 3, 1, 2)
     return x.repeat(1, times, 1, 1)
 
